@@ -1,0 +1,41 @@
+"""Packaging for `clip`: a drop-in, faithful mirror of OpenAI's CLIP release."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+HERE = Path(__file__).parent
+
+
+def read_requirements() -> list:
+    lines = (HERE / "requirements.txt").read_text(encoding="utf-8").splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+setup(
+    name="clip",
+    version="1.0.0",
+    description="Faithful, drop-in mirror of OpenAI's CLIP with safer, faster loading and tokenizing",
+    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.9",
+    packages=find_packages(include=["clip", "clip.*"]),
+    package_data={"clip": ["bpe_simple_vocab_16e6.txt.gz"]},
+    include_package_data=True,
+    install_requires=read_requirements(),
+    extras_require={
+        "test": [
+            "pytest",
+            "hypothesis",
+            "numpy",
+            "nbclient",
+            "nbformat",
+            "ipykernel",
+            "matplotlib",
+            "scikit-image",
+        ],
+        "dev": ["ruff", "pytest", "hypothesis", "numpy", "nbclient", "nbformat", "ipykernel", "matplotlib", "scikit-image"],
+    },
+    entry_points={"console_scripts": ["clip=clip.__main__:main"]},
+)
