@@ -1,5 +1,618 @@
-"""Scaffold: being written."""
+"""The CLIP network: modules, read top to bottom, then `build_model`.
+
+QuickGELU -> LayerNorm -> ResNet blocks -> attention pooling -> ModifiedResNet
+-> self-attention -> transformer blocks -> VisionTransformer -> CLIP
+-> CLIPDimensions / build_model / convert_weights.
+
+Attribute names are public API: they are the keys of the released checkpoints.
+Shape comments: N batch, L sequence length, D width, H heads, C channels.
+This module does no I/O.
+"""
+
+import math
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Dict, Mapping, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+HEAD_WIDTH = 64  # every attention layer of the release uses 64-dim heads
+RESNET_TOTAL_STRIDE = 32  # ModifiedResNet reduces the input resolution 32x before attention pooling
+RESNET_EMBED_PER_WIDTH = 32  # final ResNet channels = width * 8 (4 stages) * 4 (bottleneck expansion)
+QUICK_GELU_ALPHA = 1.702
+INITIAL_LOGIT_SCALE = math.log(1 / 0.07)
+SCALAR_KEYS = ("input_resolution", "context_length", "vocab_size")  # extra entries of the release
 
 
-def build_model(state_dict):
-    raise NotImplementedError
+class QuickGELU(nn.Module):
+    """The sigmoid approximation of GELU the release was trained with."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(QUICK_GELU_ALPHA * x)
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 whatever the input and weight dtypes; returns the input dtype."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        orig_type = x.dtype
+        weight = None if self.weight is None else self.weight.float()
+        bias = None if self.bias is None else self.bias.float()
+        ret = F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
+        return ret.to(orig_type)
+
+
+class Bottleneck(nn.Module):
+    """ResNet bottleneck with anti-aliased stride: an avgpool precedes every strided step."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.avgpool = nn.AvgPool2d(stride) if stride > 1 else nn.Identity()
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu3 = nn.ReLU(inplace=True)
+        self.downsample: Optional[nn.Sequential] = None
+        self.stride = stride
+        if stride > 1 or inplanes != planes * self.expansion:
+            # keys downsample.0 (conv) and downsample.1 (bn); the parameter-free pool is "-1"
+            self.downsample = nn.Sequential(
+                OrderedDict(
+                    [
+                        ("-1", nn.AvgPool2d(stride)),
+                        ("0", nn.Conv2d(inplanes, planes * self.expansion, 1, stride=1, bias=False)),
+                        ("1", nn.BatchNorm2d(planes * self.expansion)),
+                    ]
+                )
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.relu2(self.bn2(self.conv2(out)))
+        out = self.avgpool(out)
+        out = self.bn3(self.conv3(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu3(out)
+
+
+def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    # (L, N, D) -> (N, H, L, D/H)
+    seq, batch, width = x.shape
+    return x.reshape(seq, batch, num_heads, width // num_heads).permute(1, 2, 0, 3)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    # (N, H, L, D/H) -> (L, N, D)
+    batch, heads, seq, head_dim = x.shape
+    return x.permute(2, 0, 1, 3).reshape(seq, batch, heads * head_dim)
+
+
+class AttentionPool2d(nn.Module):
+    """Attention pooling: the spatial mean, prepended as a token, queries the feature map."""
+
+    def __init__(self, spacial_dim: int, embed_dim: int, num_heads: int, output_dim: Optional[int] = None):
+        super().__init__()
+        self.positional_embedding = nn.Parameter(torch.randn(spacial_dim**2 + 1, embed_dim) / embed_dim**0.5)
+        self.k_proj = nn.Linear(embed_dim, embed_dim)
+        self.q_proj = nn.Linear(embed_dim, embed_dim)
+        self.v_proj = nn.Linear(embed_dim, embed_dim)
+        self.c_proj = nn.Linear(embed_dim, output_dim or embed_dim)
+        self.num_heads = num_heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(start_dim=2).permute(2, 0, 1)  # (N, C, H, W) -> (HW, N, C)
+        x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0)  # (HW+1, N, C)
+        x = x + self.positional_embedding[:, None, :].to(x.dtype)
+        q = _split_heads(self.q_proj(x[:1]), self.num_heads)  # (N, H, 1, C/H)
+        k = _split_heads(self.k_proj(x), self.num_heads)  # (N, H, HW+1, C/H)
+        v = _split_heads(self.v_proj(x), self.num_heads)
+        out = _merge_heads(F.scaled_dot_product_attention(q, k, v))  # (1, N, C)
+        return self.c_proj(out).squeeze(0)  # (N, output_dim)
+
+
+class ModifiedResNet(nn.Module):
+    """ResNet with a 3-conv stem, anti-aliased strides and attention pooling instead of avgpool."""
+
+    def __init__(
+        self,
+        layers: Tuple[int, int, int, int],
+        output_dim: int,
+        heads: int,
+        input_resolution: int = 224,
+        width: int = 64,
+    ) -> None:
+        super().__init__()
+        self.output_dim = output_dim
+        self.input_resolution = input_resolution
+
+        # stem: three 3x3 convs, then an avgpool instead of a maxpool
+        self.conv1 = nn.Conv2d(3, width // 2, kernel_size=3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width // 2)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(width // 2, width // 2, kernel_size=3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width // 2)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.conv3 = nn.Conv2d(width // 2, width, kernel_size=3, padding=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(width)
+        self.relu3 = nn.ReLU(inplace=True)
+        self.avgpool = nn.AvgPool2d(2)
+
+        self._inplanes = width  # mutated by _make_layer while the stages are built
+        self.layer1 = self._make_layer(width, layers[0])
+        self.layer2 = self._make_layer(width * 2, layers[1], stride=2)
+        self.layer3 = self._make_layer(width * 4, layers[2], stride=2)
+        self.layer4 = self._make_layer(width * 8, layers[3], stride=2)
+
+        embed_dim = width * RESNET_EMBED_PER_WIDTH
+        self.attnpool = AttentionPool2d(input_resolution // RESNET_TOTAL_STRIDE, embed_dim, heads, output_dim)
+
+    def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+        layers = [Bottleneck(self._inplanes, planes, stride)]
+        self._inplanes = planes * Bottleneck.expansion
+        for _ in range(1, blocks):
+            layers.append(Bottleneck(self._inplanes, planes))
+        return nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.type(self.conv1.weight.dtype)
+        x = self.relu1(self.bn1(self.conv1(x)))
+        x = self.relu2(self.bn2(self.conv2(x)))
+        x = self.relu3(self.bn3(self.conv3(x)))
+        x = self.avgpool(x)  # (N, width, R/4, R/4)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (N, width*32, R/32, R/32)
+        return self.attnpool(x)  # (N, output_dim)
+
+
+class MultiheadSelfAttention(nn.Module):
+    """Self-attention through `scaled_dot_product_attention`.
+
+    Parameters keep the names and layout of `nn.MultiheadAttention` (`in_proj_weight`,
+    `in_proj_bias`, `out_proj`), so released checkpoints load unchanged, and `forward` accepts
+    the same call the original blocks make: `attn(x, x, x, need_weights=False, attn_mask=mask)`.
+    Inputs are sequence-first, (L, N, D).
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int) -> None:
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.head_dim = embed_dim // num_heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * embed_dim))
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: Optional[torch.Tensor] = None,
+        value: Optional[torch.Tensor] = None,
+        need_weights: bool = False,
+        attn_mask: Optional[torch.Tensor] = None,
+    ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        if (key is not None and key is not query) or (value is not None and value is not query):
+            raise ValueError(
+                "MultiheadSelfAttention only does self-attention: pass the same tensor as q, k, v"
+            )
+        seq = query.shape[0]
+        qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias)  # (L, N, 3D)
+        q, k, v = (_split_heads(t, self.num_heads) for t in qkv.chunk(3, dim=-1))  # 3 x (N, H, L, D/H)
+        if attn_mask is not None:
+            attn_mask = attn_mask[:seq, :seq].to(dtype=q.dtype, device=q.device)
+        weights = None
+        if need_weights:  # explicit path, for users who inspect attention maps
+            scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (N, H, L, L)
+            if attn_mask is not None:
+                scores = scores + attn_mask
+            probs = scores.softmax(dim=-1)
+            out = probs @ v
+            weights = probs.mean(dim=1)  # averaged over heads, as nn.MultiheadAttention does
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (N, H, L, D/H)
+        return self.out_proj(_merge_heads(out)), weights  # (L, N, D)
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, d_model: int, n_head: int, attn_mask: Optional[torch.Tensor] = None) -> None:
+        super().__init__()
+        self.attn = MultiheadSelfAttention(d_model, n_head)
+        self.ln_1 = LayerNorm(d_model)
+        self.mlp = nn.Sequential(
+            OrderedDict(
+                [
+                    ("c_fc", nn.Linear(d_model, d_model * 4)),
+                    ("gelu", QuickGELU()),
+                    ("c_proj", nn.Linear(d_model * 4, d_model)),
+                ]
+            )
+        )
+        self.ln_2 = LayerNorm(d_model)
+        self.register_buffer("attn_mask", attn_mask, persistent=False)  # not a checkpoint key
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        return self.attn(x, x, x, need_weights=False, attn_mask=self.attn_mask)[0]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.ln_1(x))
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class Transformer(nn.Module):
+    """A stack of residual attention blocks over sequence-first input (L, N, D)."""
+
+    def __init__(self, width: int, layers: int, heads: int, attn_mask: Optional[torch.Tensor] = None) -> None:
+        super().__init__()
+        self.width = width
+        self.layers = layers
+        self.resblocks = nn.Sequential(
+            *[ResidualAttentionBlock(width, heads, attn_mask) for _ in range(layers)]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.resblocks(x)
+
+
+class VisionTransformer(nn.Module):
+    """ViT image tower: patch embedding, class token, pre/post LayerNorm, projection."""
+
+    def __init__(
+        self, input_resolution: int, patch_size: int, width: int, layers: int, heads: int, output_dim: int
+    ) -> None:
+        super().__init__()
+        self.input_resolution = input_resolution
+        self.output_dim = output_dim
+        self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
+        scale = width**-0.5
+        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        grid = input_resolution // patch_size
+        self.positional_embedding = nn.Parameter(scale * torch.randn(grid**2 + 1, width))
+        self.ln_pre = LayerNorm(width)
+        self.transformer = Transformer(width, layers, heads)
+        self.ln_post = LayerNorm(width)
+        self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv1(x)  # (N, D, grid, grid)
+        x = x.flatten(start_dim=2).permute(0, 2, 1)  # (N, grid**2, D)
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        x = torch.cat([cls, x], dim=1)  # (N, grid**2 + 1, D)
+        x = x + self.positional_embedding.to(x.dtype)
+        x = self.ln_pre(x)
+        x = self.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)  # through (L, N, D) and back
+        x = self.ln_post(x[:, 0, :])  # (N, D): the class token
+        if self.proj is not None:
+            x = x @ self.proj  # (N, output_dim)
+        return x
+
+
+class CLIP(nn.Module):
+    """The two towers and the learned temperature."""
+
+    def __init__(
+        self,
+        embed_dim: int,
+        # vision
+        image_resolution: int,
+        vision_layers: Union[Tuple[int, int, int, int], int],
+        vision_width: int,
+        vision_patch_size: Optional[int],
+        # text
+        context_length: int,
+        vocab_size: int,
+        transformer_width: int,
+        transformer_heads: int,
+        transformer_layers: int,
+    ) -> None:
+        super().__init__()
+        self.context_length = context_length
+
+        if isinstance(vision_layers, (tuple, list)):
+            vision_heads = vision_width * RESNET_EMBED_PER_WIDTH // HEAD_WIDTH
+            self.visual: nn.Module = ModifiedResNet(
+                layers=tuple(vision_layers),
+                output_dim=embed_dim,
+                heads=vision_heads,
+                input_resolution=image_resolution,
+                width=vision_width,
+            )
+        else:
+            if vision_patch_size is None:
+                raise ValueError("a ViT image tower needs vision_patch_size")
+            vision_heads = vision_width // HEAD_WIDTH
+            self.visual = VisionTransformer(
+                input_resolution=image_resolution,
+                patch_size=vision_patch_size,
+                width=vision_width,
+                layers=vision_layers,
+                heads=vision_heads,
+                output_dim=embed_dim,
+            )
+
+        self.transformer = Transformer(
+            width=transformer_width,
+            layers=transformer_layers,
+            heads=transformer_heads,
+            attn_mask=self.build_attention_mask(),
+        )
+        self.vocab_size = vocab_size
+        self.token_embedding = nn.Embedding(vocab_size, transformer_width)
+        self.positional_embedding = nn.Parameter(torch.empty(context_length, transformer_width))
+        self.ln_final = LayerNorm(transformer_width)
+        self.text_projection = nn.Parameter(torch.empty(transformer_width, embed_dim))
+        self.logit_scale = nn.Parameter(torch.ones([]) * INITIAL_LOGIT_SCALE)
+
+        self.initialize_parameters()
+
+    def initialize_parameters(self) -> None:
+        """The release's initialisation (used for training from scratch, skipped when loading)."""
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        nn.init.normal_(self.positional_embedding, std=0.01)
+
+        if isinstance(self.visual, ModifiedResNet):
+            pool = self.visual.attnpool
+            std = pool.c_proj.in_features**-0.5
+            for proj in (pool.q_proj, pool.k_proj, pool.v_proj, pool.c_proj):
+                nn.init.normal_(proj.weight, std=std)
+            for stage in (self.visual.layer1, self.visual.layer2, self.visual.layer3, self.visual.layer4):
+                for name, param in stage.named_parameters():
+                    if name.endswith("bn3.weight"):
+                        nn.init.zeros_(param)  # each residual branch starts as the identity
+
+        width, layers = self.transformer.width, self.transformer.layers
+        proj_std = (width**-0.5) * ((2 * layers) ** -0.5)
+        attn_std = width**-0.5
+        fc_std = (2 * width) ** -0.5
+        for block in self.transformer.resblocks:
+            nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
+            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+            nn.init.normal_(block.mlp.c_fc.weight, std=fc_std)
+            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+
+        nn.init.normal_(self.text_projection, std=width**-0.5)
+
+    def build_attention_mask(self) -> torch.Tensor:
+        """Additive causal mask (context_length, context_length): -inf above the diagonal."""
+        mask = torch.empty(self.context_length, self.context_length)
+        mask.fill_(float("-inf"))
+        mask.triu_(1)
+        return mask
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.visual.conv1.weight.dtype
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        """(N, 3, R, R) preprocessed images -> (N, embed_dim) unnormalised image features."""
+        res = self.visual.input_resolution
+        if image.dim() != 4 or image.shape[1] != 3 or tuple(image.shape[2:]) != (res, res):
+            raise ValueError(
+                f"encode_image expects a batch of preprocessed images of shape (N, 3, {res}, {res}); "
+                f"got {tuple(image.shape)}. Use the `preprocess` returned by clip.load and stack the results."
+            )
+        if not image.is_floating_point():
+            warnings.warn(
+                f"encode_image got a {image.dtype} tensor: it looks unpreprocessed. Pass images through "
+                "the `preprocess` returned by clip.load (float, normalised) first.",
+                stacklevel=2,
+            )
+        return self.visual(image.type(self.dtype))
+
+    def encode_text(self, text: torch.Tensor) -> torch.Tensor:
+        """(N, L) token ids from clip.tokenize -> (N, embed_dim) unnormalised text features."""
+        if text.dim() != 2 or text.shape[1] > self.context_length or text.is_floating_point():
+            raise ValueError(
+                f"encode_text expects integer token ids of shape (N, L) with L <= {self.context_length}, "
+                f"as clip.tokenize returns; got {text.dtype} of shape {tuple(text.shape)}."
+            )
+        if text.numel() and (int(text.min()) < 0 or int(text.max()) >= self.vocab_size):
+            raise ValueError(
+                f"token ids must lie in [0, {self.vocab_size}); got values from {int(text.min())} to "
+                f"{int(text.max())}. Use clip.tokenize to make them."
+            )
+        seq = text.shape[1]
+        x = self.token_embedding(text).type(self.dtype)  # (N, L, D)
+        x = x + self.positional_embedding[:seq].type(self.dtype)
+        x = self.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)  # through (L, N, D) and back
+        x = self.ln_final(x).type(self.dtype)
+        # features at the end-of-text token, the largest id in each sequence
+        x = x[torch.arange(x.shape[0]), text.argmax(dim=-1)] @ self.text_projection  # (N, embed_dim)
+        return x
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Return (logits_per_image (N_img, N_txt), logits_per_text (N_txt, N_img))."""
+        image_features = self.encode_image(image)
+        text_features = self.encode_text(text)
+        image_features = image_features / image_features.norm(dim=1, keepdim=True)
+        text_features = text_features / text_features.norm(dim=1, keepdim=True)
+        logit_scale = self.logit_scale.exp()
+        logits_per_image = logit_scale * image_features @ text_features.t()
+        logits_per_text = logits_per_image.t()
+        return logits_per_image, logits_per_text
+
+
+def convert_weights(model: nn.Module) -> None:
+    """Cast the weights the release stores in fp16 to fp16, in place; norms and embeddings stay fp32."""
+
+    def _to_fp16(module: nn.Module) -> None:
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            module.weight.data = module.weight.data.half()
+            if module.bias is not None:
+                module.bias.data = module.bias.data.half()
+        if isinstance(module, (MultiheadSelfAttention, nn.MultiheadAttention)):
+            for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight", "in_proj_bias"):
+                tensor = getattr(module, name, None)
+                if tensor is not None:
+                    tensor.data = tensor.data.half()
+        for name in ("text_projection", "proj"):
+            attr = getattr(module, name, None)
+            if isinstance(attr, torch.Tensor):
+                attr.data = attr.data.half()
+
+    model.apply(_to_fp16)
+
+
+@dataclass(frozen=True)
+class CLIPDimensions:
+    """Every hyperparameter of a CLIP, as inferred from a state dict."""
+
+    embed_dim: int
+    image_resolution: int
+    vision_layers: Union[Tuple[int, int, int, int], int]
+    vision_width: int
+    vision_patch_size: Optional[int]
+    context_length: int
+    vocab_size: int
+    transformer_width: int
+    transformer_heads: int
+    transformer_layers: int
+
+    @classmethod
+    def from_state_dict(cls, state_dict: Mapping[str, torch.Tensor]) -> "CLIPDimensions":
+        """Infer the dimensions from the keys and shapes of a release-layout state dict."""
+        vit = "visual.proj" in state_dict
+        required = ["text_projection", "positional_embedding", "token_embedding.weight", "ln_final.weight"]
+        if vit:
+            required += ["visual.conv1.weight", "visual.positional_embedding"]
+        else:
+            required += ["visual.layer1.0.conv1.weight", "visual.attnpool.positional_embedding"]
+        missing = [key for key in required if key not in state_dict]
+        if missing:
+            raise ValueError(
+                f"not a CLIP state dict: missing keys {missing}. Expected the layout of OpenAI's released "
+                "checkpoints (keys such as 'visual.conv1.weight', 'token_embedding.weight')."
+            )
+
+        def blocks(prefix: str) -> int:
+            return len({k[len(prefix) :].split(".")[0] for k in state_dict if k.startswith(prefix)})
+
+        if vit:
+            conv = state_dict["visual.conv1.weight"]  # (width, 3, patch, patch)
+            vision_width, vision_patch_size = conv.shape[0], conv.shape[-1]
+            vision_layers: Union[Tuple[int, int, int, int], int] = blocks("visual.transformer.resblocks.")
+            grid = round((state_dict["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+            image_resolution = vision_patch_size * grid
+        else:
+            vision_layers = tuple(blocks(f"visual.layer{stage}.") for stage in (1, 2, 3, 4))  # type: ignore
+            vision_width = state_dict["visual.layer1.0.conv1.weight"].shape[0]
+            vision_patch_size = None
+            grid = round((state_dict["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
+            image_resolution = grid * RESNET_TOTAL_STRIDE
+
+        transformer_width = state_dict["ln_final.weight"].shape[0]
+        return cls(
+            embed_dim=state_dict["text_projection"].shape[1],
+            image_resolution=image_resolution,
+            vision_layers=vision_layers,
+            vision_width=vision_width,
+            vision_patch_size=vision_patch_size,
+            context_length=state_dict["positional_embedding"].shape[0],
+            vocab_size=state_dict["token_embedding.weight"].shape[0],
+            transformer_width=transformer_width,
+            transformer_heads=transformer_width // HEAD_WIDTH,
+            transformer_layers=blocks("transformer.resblocks."),
+        )
+
+
+def _listing(label: str, items: list, limit: int = 10) -> str:
+    more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+    return f"{label} {items[:limit]}{more}"
+
+
+def _check_keys_and_shapes(expected: Dict[str, torch.Tensor], given: Mapping[str, torch.Tensor]) -> None:
+    missing = sorted(set(expected) - set(given))
+    unexpected = sorted(set(given) - set(expected))
+    wrong = [
+        f"{key}: expected {tuple(expected[key].shape)}, got {tuple(given[key].shape)}"
+        for key in expected
+        if key in given and tuple(expected[key].shape) != tuple(given[key].shape)
+    ]
+    problems = [
+        _listing(label, items)
+        for label, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("wrong shapes", wrong),
+        )
+        if items
+    ]
+    if problems:
+        raise ValueError(
+            "state dict does not fit a CLIP of the release's layout: " + "; ".join(problems) + ". "
+            "Check that the file is an OpenAI CLIP checkpoint (not another architecture or a fine-tune "
+            "with renamed keys)."
+        )
+
+
+def build_model(state_dict: Mapping[str, torch.Tensor], *, share_memory: bool = False) -> CLIP:
+    """Build an eval-mode CLIP from a release-layout state dict, converted like the release.
+
+    Every dimension is inferred from the state dict; the three scalar entries are ignored; the
+    caller's dict is never modified. Weights that `convert_weights` casts are fp16, the rest fp32.
+    No random initialisation is done: the model is built on the meta device and the weights are
+    assigned. `share_memory=True` (keyword-only) lets the model keep tensors of the given dict
+    whose dtype already fits instead of copying them; only pass it for a dict you own.
+
+    Raises ValueError naming the offending keys when keys are missing or unexpected, or shapes fit
+    no CLIP.
+    """
+    weights = {k: v for k, v in state_dict.items() if k not in SCALAR_KEYS}
+    dims = CLIPDimensions.from_state_dict(weights)
+    with torch.device("meta"):
+        model = CLIP(**vars(dims))
+        convert_weights(model)
+    expected = model.state_dict()
+    _check_keys_and_shapes(expected, weights)
+
+    assigned = {}
+    for key, target in expected.items():
+        tensor = weights[key]
+        if not isinstance(tensor, torch.Tensor):
+            raise ValueError(f"state dict entry {key!r} is a {type(tensor).__name__}, not a tensor")
+        converted = tensor.to(dtype=target.dtype)
+        if converted is tensor and not share_memory:
+            converted = tensor.clone()
+        assigned[key] = converted
+    model.load_state_dict(assigned, strict=True, assign=True)
+
+    # the causal mask is not a checkpoint key: build it for real on the weights' device
+    device = model.token_embedding.weight.device
+    mask = torch.full((dims.context_length, dims.context_length), float("-inf"), device=device).triu_(1)
+    for block in model.transformer.resblocks:
+        block.attn_mask = mask
+    return model.eval()
+
+
+__all__ = [
+    "QuickGELU",
+    "LayerNorm",
+    "Bottleneck",
+    "AttentionPool2d",
+    "ModifiedResNet",
+    "MultiheadSelfAttention",
+    "ResidualAttentionBlock",
+    "Transformer",
+    "VisionTransformer",
+    "CLIP",
+    "CLIPDimensions",
+    "build_model",
+    "convert_weights",
+]
