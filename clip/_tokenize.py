@@ -1,9 +1,122 @@
-"""`clip.tokenize` (scaffold: being written)."""
+"""`clip.tokenize` and the lazily built, shared tokenizer.
+
+Nothing is built at import: the first call of `tokenize` (or `get_tokenizer`, or a read of
+`clip.clip._tokenizer`) reads the vocabulary, once, under a lock.
+"""
+
+import operator
+import threading
+from functools import lru_cache
+from typing import Iterable, List, Optional, Union
+
+import torch
+
+from .simple_tokenizer import _ID_BYTES, SimpleTokenizer
+
+__all__ = ["get_tokenizer", "tokenize"]
+
+_tokenizer: Optional[SimpleTokenizer] = None
+_tokenizer_lock = threading.Lock()
+
+# The original returns int32 from torch 1.8 on (int64 before).
+_INT32_SINCE = "1.8.0"
 
 
-def tokenize(texts, context_length: int = 77, truncate: bool = False):
-    raise NotImplementedError
+def get_tokenizer() -> SimpleTokenizer:
+    """The shared `SimpleTokenizer`, built on first use (once, thread-safe)."""
+    global _tokenizer
+    tokenizer = _tokenizer
+    if tokenizer is None:
+        with _tokenizer_lock:
+            if _tokenizer is None:
+                _tokenizer = SimpleTokenizer()
+            tokenizer = _tokenizer
+    return tokenizer
 
 
-def get_tokenizer():
-    raise NotImplementedError
+@lru_cache
+def _token_dtype() -> torch.dtype:
+    from packaging import version
+
+    if version.parse(torch.__version__) < version.parse(_INT32_SINCE):
+        return torch.long
+    return torch.int
+
+
+def _as_text_list(texts: Union[str, Iterable[str]]) -> List[str]:
+    """`texts` as a new list of str; TypeError naming the first item that is not a str."""
+    if isinstance(texts, str):
+        return [texts]
+    if isinstance(texts, (bytes, bytearray, memoryview)):
+        raise TypeError(
+            f"texts must be a str or an iterable of str, got {type(texts).__name__}; decode it to str first"
+        )
+    try:
+        items = list(texts)
+    except TypeError:
+        raise TypeError(f"texts must be a str or an iterable of str, got {type(texts).__name__}") from None
+    for index, item in enumerate(items):
+        if not isinstance(item, str):
+            raise TypeError(
+                f"texts[{index}] must be a str, got {type(item).__name__}; "
+                "tokenize takes a str or an iterable of str"
+            )
+    return items
+
+
+def _checked_context_length(context_length: int) -> int:
+    try:
+        length = operator.index(context_length)
+    except TypeError:
+        raise TypeError(f"context_length must be an int, got {type(context_length).__name__}") from None
+    if length <= 0:
+        raise ValueError(f"context_length must be a positive int, got {length}")
+    return length
+
+
+def tokenize(
+    texts: Union[str, Iterable[str]], context_length: int = 77, truncate: bool = False
+) -> Union[torch.IntTensor, torch.LongTensor]:
+    """Tokenized representation of the given text(s), as the original `clip.tokenize`.
+
+    Args:
+        texts: a str, or an iterable of str (a list, a tuple, a generator: it is read once).
+        context_length: the row length; all CLIP models use 77.
+        truncate: cut texts longer than `context_length` (keeping the first ids and ending with EOT)
+            instead of raising.
+
+    Returns:
+        A [number of texts, context_length] tensor: SOT, the ids, EOT, then zeros. dtype int32 (int64
+        on torch < 1.8).
+
+    Raises:
+        RuntimeError: a text is too long for `context_length` and `truncate` is off (the original's
+            message).
+        TypeError: `texts` is not a str or an iterable of str (the message names the first bad
+            item's index and type), or `context_length` is not an int.
+        ValueError: `context_length` is 0 or less.
+    """
+    items = _as_text_list(texts)
+    length = _checked_context_length(context_length)
+    dtype = _token_dtype()
+    if not items:
+        return torch.zeros(0, length, dtype=dtype)
+
+    tokenizer = get_tokenizer()
+    packed_row = tokenizer._packed_row
+    eot = tokenizer._eot_bytes
+    row_bytes = length * _ID_BYTES
+    # Ids past SOT needed to know a text is too long: more than length - 2 of them.
+    limit = length - 1
+    buffer = bytearray(len(items) * row_bytes)  # zero padded rows, filled in place
+    start = 0
+    for text in items:
+        row = packed_row(text, limit)
+        if len(row) > row_bytes:
+            if not truncate:
+                raise RuntimeError(f"Input {text} is too long for context length {context_length}")
+            row = row[: row_bytes - _ID_BYTES] + eot
+        buffer[start : start + len(row)] = row
+        start += row_bytes
+    tokens = torch.frombuffer(buffer, dtype=torch.int32).view(len(items), length)  # [N, context_length]
+    return tokens if dtype == torch.int32 else tokens.to(dtype)

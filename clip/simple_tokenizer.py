@@ -1,0 +1,392 @@
+"""CLIP's byte-level BPE tokenizer, with the names and behaviour of the original module.
+
+Importable from here exactly as in the original: `SimpleTokenizer`, `default_bpe`,
+`bytes_to_unicode`, `get_pairs`, `basic_clean`, `whitespace_clean`. A `SimpleTokenizer` carries the
+original's public attributes (`encoder`, `decoder`, `byte_encoder`, `byte_decoder`, `bpe_ranks`,
+`cache`, `pat`) and methods (`bpe`, `encode`, `decode`), and produces the same ids.
+
+What differs is speed, never output:
+
+* Plain text (printable ASCII, tabs and line breaks, no ``&``) skips the Unicode repair of
+  `basic_clean`: on such text ``ftfy.fix_text`` only turns ``\\r`` into ``\\n`` and ``html.unescape``
+  has nothing to do, so the cleaned text is just the text with whitespace runs collapsed (see
+  `_PLAIN_TEXT_EXCEPTIONS`). Every other text takes the original cleaning path.
+* Ids are cached per word and per whole text (both caches bounded), packed as int32 bytes so that a
+  batch of rows is assembled with byte copies instead of per-token Python work.
+* A word whose whole form is a vocabulary entry is that entry: checked against every entry of the
+  released vocabulary, so this shortcut is only taken with that file.
+* `_packed_row(text, limit)` can stop once ``limit`` ids are known, cleaning long texts in pieces
+  that provably tokenise like the whole (see `_iter_clean_pieces`), so a 1 MB text with
+  ``truncate=True`` does not go through BPE in full.
+
+``ftfy`` and ``regex`` are imported on first use, and nothing is read or built at import time.
+"""
+
+import gzip
+import hashlib
+import html
+import os
+import re as _re
+from array import array
+from functools import lru_cache
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+
+__all__ = [
+    "SimpleTokenizer",
+    "basic_clean",
+    "bytes_to_unicode",
+    "default_bpe",
+    "get_pairs",
+    "whitespace_clean",
+]
+
+_VOCAB_FILE = "bpe_simple_vocab_16e6.txt.gz"
+# sha256 of the released vocabulary file; the whole-word shortcut is verified for this file only.
+_RELEASED_VOCAB_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
+
+_N_BYTES = 256  # one base symbol per byte value
+_N_SPECIAL = 2  # <|startoftext|>, <|endoftext|>
+# Line 0 of the file is a header; the original keeps lines 1..(49152 - 256 - 2), i.e. 48,894 merges.
+_N_MERGES = 49152 - _N_BYTES - _N_SPECIAL
+_END_OF_WORD = "</w>"
+SOT_TEXT = "<|startoftext|>"
+EOT_TEXT = "<|endoftext|>"
+
+# The original pre-tokenizer (compiled with the `regex` module and IGNORECASE).
+_PRETOKENIZER_PATTERN = (
+    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+)
+# The same pre-tokenizer restricted to lower-cased printable ASCII whose only whitespace is " ":
+# there \p{L} is [a-z] (after lower()), \p{N} is [0-9] and \s is " ".
+_PLAIN_PRETOKENIZER_PATTERN = (
+    r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[a-z]+|[0-9]|[^ a-z0-9]+"""
+)
+
+# Plain text: every character in \t \n \x0c \r or printable ASCII except "&". On such text
+# ftfy.fix_text changes nothing but "\r\n"/"\r" -> "\n" (ASCII passes its encoding check untouched; the
+# other fixers and NFC only touch non-ASCII, "&" entities, ESC sequences, "\r" and the control
+# characters 0x00-0x08, 0x0b, 0x0e-0x1f, 0x7f, all excluded here), html.unescape needs an "&", and the
+# only whitespace left (\t \n \x0c \r and space) is whitespace both for str.split() and for regex's
+# \s. So basic_clean + whitespace_clean reduce to " ".join(text.split()).
+_PLAIN_TEXT_EXCEPTIONS = r"[^\t\n\x0c\r\x20-\x25\x27-\x7e]"
+
+# Characters that str.strip() removes but the `regex` module's \s does not match (the only difference
+# between the two whitespace sets). Neither ftfy's output nor html.unescape's can contain them; the
+# piecewise cleaning checks it anyway.
+_STRIP_ONLY_SPACE = r"[\x1c-\x1f]"
+
+# Long texts are cleaned in pieces of at least this many characters when only a prefix is needed.
+_PIECE_CHARS = 4096
+# Texts up to this length are always encoded in full (and may be cached whole).
+_INCREMENTAL_MIN_CHARS = 2 * _PIECE_CHARS
+_CACHED_TEXT_CHARS = 1024
+_TEXT_CACHE_ENTRIES = 1 << 15
+_WORD_CACHE_ENTRIES = 1 << 17
+
+
+def _int32_typecode() -> str:
+    for code in "ilh":
+        if array(code).itemsize == 4:
+            return code
+    raise RuntimeError("no 4-byte integer type in the array module")  # pragma: no cover
+
+
+_ID_TYPECODE = _int32_typecode()
+_ID_BYTES = 4  # ids are packed as native int32
+
+
+@lru_cache
+def default_bpe() -> str:
+    """Path of the BPE vocabulary file shipped inside the package."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), _VOCAB_FILE)
+
+
+@lru_cache
+def bytes_to_unicode() -> Dict[int, str]:
+    """Map each byte value to a printable unicode character, as the original does.
+
+    Bytes that are printable Latin-1 ('!'..'~', '¡'..'¬', '®'..'ÿ') map to themselves; the other 68
+    (controls, space, soft hyphen, ...) map to chr(256), chr(257), ... in byte order. The dict lists
+    the printable bytes first: its value order is the order of the first 256 vocabulary entries.
+    """
+    printable = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
+    mapping = {b: chr(b) for b in printable}
+    kept = set(printable)
+    others = [b for b in range(_N_BYTES) if b not in kept]
+    for n, b in enumerate(others):
+        mapping[b] = chr(_N_BYTES + n)
+    return mapping
+
+
+def get_pairs(word: Sequence[str]) -> Set[Tuple[str, str]]:
+    """Set of adjacent symbol pairs in a word (a sequence of symbols)."""
+    return set(zip(word, word[1:]))
+
+
+def basic_clean(text: str) -> str:
+    """Repair the text with ftfy, unescape HTML entities twice, strip."""
+    import ftfy  # imported on first use: it is slow to import
+
+    text = ftfy.fix_text(text)
+    text = html.unescape(html.unescape(text))
+    return text.strip()
+
+
+@lru_cache
+def _whitespace_run() -> Any:  # the `regex` module's \s, as the original uses
+    import regex
+
+    return regex.compile(r"\s+")
+
+
+def whitespace_clean(text: str) -> str:
+    """Collapse runs of whitespace into one space and strip."""
+    return _whitespace_run().sub(" ", text).strip()
+
+
+def _clean(text: str) -> str:
+    """The original's full cleaning: basic_clean, whitespace_clean, lower()."""
+    return whitespace_clean(basic_clean(text)).lower()
+
+
+class _NotPiecewise(Exception):
+    """A long text could not be proven to clean piecewise; it is cleaned whole instead."""
+
+
+class SimpleTokenizer:
+    """CLIP's byte-level BPE tokenizer.
+
+    Args:
+        bpe_path: path of a gzip'd merges file in the release's format (line 0 a header, then one
+            merge "a b" per line).
+    """
+
+    def __init__(self, bpe_path: str = default_bpe()) -> None:
+        import regex
+
+        with open(bpe_path, "rb") as f:
+            raw = f.read()
+        lines = gzip.decompress(raw).decode("utf-8").split("\n")
+        merges = [tuple(line.split()) for line in lines[1 : _N_MERGES + 1]]
+
+        self.byte_encoder: Dict[int, str] = bytes_to_unicode()
+        self.byte_decoder: Dict[str, int] = {v: k for k, v in self.byte_encoder.items()}
+        symbols = list(self.byte_encoder.values())
+        vocab = symbols + [s + _END_OF_WORD for s in symbols]
+        vocab += ["".join(merge) for merge in merges]
+        vocab += [SOT_TEXT, EOT_TEXT]
+        self.encoder: Dict[str, int] = dict(zip(vocab, range(len(vocab))))
+        self.decoder: Dict[int, str] = {v: k for k, v in self.encoder.items()}
+        self.bpe_ranks: Dict[Tuple[str, ...], int] = dict(zip(merges, range(len(merges))))
+        self.cache: Dict[str, str] = {SOT_TEXT: SOT_TEXT, EOT_TEXT: EOT_TEXT}
+        self.pat = regex.compile(_PRETOKENIZER_PATTERN, regex.IGNORECASE)
+
+        # Private machinery of the fast paths.
+        self._whole_word_shortcut = hashlib.sha256(raw).hexdigest() == _RELEASED_VOCAB_SHA256
+        self._plain_pat = _re.compile(_PLAIN_PRETOKENIZER_PATTERN)
+        self._not_plain = _re.compile(_PLAIN_TEXT_EXCEPTIONS)
+        self._strip_only_space = _re.compile(_STRIP_ONLY_SPACE)
+        # Latin-1 character of byte b -> byte_encoder[b], for str.translate.
+        self._byte_table = {b: c for b, c in self.byte_encoder.items()}
+        self._sot_bytes = _pack([self.encoder[SOT_TEXT]])
+        self._eot_bytes = _pack([self.encoder[EOT_TEXT]])
+        # The special-token strings are single tokens (the original seeds its `cache` with them).
+        self._special_ids = {SOT_TEXT: self._sot_bytes, EOT_TEXT: self._eot_bytes}
+        self._word_cache: Dict[str, bytes] = dict(self._special_ids)
+        self._text_cache: Dict[str, bytes] = {}
+        self._id_bytes: Optional[Dict[int, bytes]] = None
+
+    # ----------------------------------------------------------------------------------------- BPE
+
+    def _bpe_symbols(self, token: str) -> List[str]:
+        """Apply the merges to a byte-encoded token; return its symbols (the last ends in </w>).
+
+        Same algorithm as the original: repeatedly take the lowest-ranked adjacent pair and merge all
+        its non-overlapping occurrences, left to right, until no pair is a merge.
+        """
+        word = list(token)
+        word[-1] += _END_OF_WORD
+        ranks = self.bpe_ranks
+        while len(word) > 1:
+            best_rank = -1
+            best: Optional[Tuple[str, str]] = None
+            for pair in zip(word, word[1:]):
+                rank = ranks.get(pair)
+                if rank is not None and (best is None or rank < best_rank):
+                    best_rank = rank
+                    best = pair
+            if best is None:
+                break
+            first, second = best
+            merged = first + second
+            new_word: List[str] = []
+            i = 0
+            last = len(word) - 1
+            while i <= last:
+                if i < last and word[i] == first and word[i + 1] == second:
+                    new_word.append(merged)
+                    i += 2
+                else:
+                    new_word.append(word[i])
+                    i += 1
+            word = new_word
+        return word
+
+    def bpe(self, token: str) -> str:
+        """BPE symbols of a byte-encoded token, joined by spaces (cached in `cache`, as the original)."""
+        cached = self.cache.get(token)
+        if cached is not None:
+            return cached
+        if len(token) == 1:
+            return token + _END_OF_WORD
+        word = " ".join(self._bpe_symbols(token))
+        self.cache[token] = word
+        return word
+
+    def _word_ids(self, word: str) -> bytes:
+        """Packed ids of one pre-token (as matched in the cleaned text), computed and cached."""
+        special = self._special_ids.get(word)
+        if special is not None:
+            return special
+        if word.isascii() and word.isprintable() and " " not in word:
+            token = word  # the bytes '!'..'~' are their own byte symbols
+        else:
+            token = word.encode("utf-8").decode("latin-1").translate(self._byte_table)
+        whole = self.encoder.get(token + _END_OF_WORD) if self._whole_word_shortcut else None
+        if whole is not None:
+            packed = _pack([whole])
+        else:
+            encoder = self.encoder
+            packed = _pack([encoder[s] for s in self._bpe_symbols(token)])
+        _bounded_store(self._word_cache, word, packed, _WORD_CACHE_ENTRIES)
+        return packed
+
+    # ------------------------------------------------------------------------------------ encoding
+
+    def _pretokens(self, text: str) -> List[str]:
+        """The original's pre-tokens of the cleaned text."""
+        if self._not_plain.search(text) is None:
+            return self._plain_pat.findall(" ".join(text.split()).lower())
+        return self.pat.findall(_clean(text))
+
+    def _packed_ids(self, text: str) -> bytes:
+        """All ids of `text`, packed as int32 bytes."""
+        get = self._word_cache.get
+        word_ids = self._word_ids
+        return b"".join([get(w) or word_ids(w) for w in self._pretokens(text)])
+
+    def _iter_clean_pieces(self, text: str) -> Iterator[Tuple[str, bool]]:
+        """Yield (cleaned piece, is_plain): pieces whose pre-tokens, concatenated, are the text's.
+
+        Plain text is cleaned whole (cheap). Other long texts are cut right after a newline, at least
+        `_PIECE_CHARS` apart. This is exact because:
+
+        * ftfy.fix_text fixes each line (segment) independently, and its only carried state, "stop
+          unescaping HTML once a segment contains '<'", is replayed here; so ftfy of a run of whole
+          lines is that run's part of ftfy of the whole text.
+        * html.unescape's entity pattern cannot contain "\\n": when ftfy's piece ends in "\\n" (checked),
+          unescaping the pieces one by one equals unescaping the whole.
+        * The piece boundary is then whitespace: no pre-token spans it, lower()'s final-sigma context
+          stops at it, and stripping each piece only drops separators, provided no character is
+          whitespace to str.strip() but not to \\s (checked).
+
+        A failed check raises `_NotPiecewise` (the caller then cleans the text whole).
+        """
+        if self._not_plain.search(text) is None:
+            yield " ".join(text.split()).lower(), True
+            return
+        n = len(text)
+        if n <= _PIECE_CHARS:
+            yield _clean(text), False
+            return
+        import ftfy
+
+        ftfy_unescapes = True  # ftfy's unescape_html="auto": on until a segment contains "<"
+        pos = 0
+        while pos < n:
+            newline = text.find("\n", pos + _PIECE_CHARS - 1)
+            end = n if newline < 0 else newline + 1
+            chunk = text[pos:end]
+            fixed = ftfy.fix_text(chunk) if ftfy_unescapes else ftfy.fix_text(chunk, unescape_html=False)
+            if "<" in chunk:
+                ftfy_unescapes = False
+            if end < n and not fixed.endswith("\n"):
+                raise _NotPiecewise
+            unescaped = html.unescape(html.unescape(fixed))
+            if self._strip_only_space.search(unescaped) is not None:
+                raise _NotPiecewise
+            yield whitespace_clean(unescaped.strip()).lower(), False
+            pos = end
+
+    def _packed_ids_prefix(self, text: str, limit: int) -> bytes:
+        """Packed ids of `text`: all of them, or a prefix of at least `limit` ids."""
+        get = self._word_cache.get
+        word_ids = self._word_ids
+        parts: List[bytes] = []
+        count = 0
+        try:
+            for piece, plain in self._iter_clean_pieces(text):
+                pattern = self._plain_pat if plain else self.pat
+                for match in pattern.finditer(piece):
+                    word = match.group()
+                    packed = get(word) or word_ids(word)
+                    parts.append(packed)
+                    count += len(packed) // _ID_BYTES
+                    if count >= limit:
+                        return b"".join(parts)
+        except _NotPiecewise:
+            return self._packed_ids(text)
+        return b"".join(parts)
+
+    def _packed_row(self, text: str, limit: Optional[int] = None) -> bytes:
+        """SOT + ids + EOT of `text` packed as int32 bytes.
+
+        With `limit`, a long text may stop early: the row then holds more than `limit` + 1 ids, and
+        its first `limit` + 1 are exact.
+        """
+        row = self._text_cache.get(text)
+        if row is not None:
+            return row
+        if limit is not None and len(text) > _INCREMENTAL_MIN_CHARS:
+            return self._sot_bytes + self._packed_ids_prefix(text, limit) + self._eot_bytes
+        row = self._sot_bytes + self._packed_ids(text) + self._eot_bytes
+        if len(text) <= _CACHED_TEXT_CHARS:
+            _bounded_store(self._text_cache, text, row, _TEXT_CACHE_ENTRIES)
+        return row
+
+    def encode(self, text: str) -> List[int]:
+        """Token ids of `text` (without SOT/EOT), as the original computes them."""
+        row = self._packed_row(text)
+        return array(_ID_TYPECODE, row[_ID_BYTES:-_ID_BYTES]).tolist()
+
+    # ------------------------------------------------------------------------------------ decoding
+
+    def decode(self, tokens: Iterable[int]) -> str:
+        """Text of token ids: bytes joined, decoded as UTF-8 (errors replaced), "</w>" -> " "."""
+        id_bytes = self._id_bytes
+        if id_bytes is None:
+            table = {ord(c): b for c, b in self.byte_decoder.items()}
+            # Every vocabulary character is a byte symbol, so each entry maps to bytes; the
+            # translated string holds code points < 256 only.
+            id_bytes = {i: s.translate(table).encode("latin-1") for i, s in self.decoder.items()}
+            self._id_bytes = id_bytes
+        data = b"".join([id_bytes[token] for token in tokens])
+        return data.decode("utf-8", errors="replace").replace(_END_OF_WORD, " ")
+
+
+def _pack(ids: List[int]) -> bytes:
+    return array(_ID_TYPECODE, ids).tobytes()
+
+
+def _bounded_store(cache: Dict[str, bytes], key: str, value: bytes, max_entries: int) -> None:
+    """Store into a dict used as a cache, dropping its oldest entry when full (thread-tolerant)."""
+    if len(cache) >= max_entries:
+        try:
+            cache.pop(next(iter(cache)), None)
+        except (StopIteration, RuntimeError):  # emptied or resized by another thread
+            pass
+    cache[key] = value
