@@ -5,12 +5,16 @@ This module keeps every name the original `clip.clip` exposes importable from th
 The work itself lives in private modules, one per concern.
 """
 
-from typing import Any, Dict, List, Tuple, Union
+import os
+import warnings
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from ._download import _download
-from ._preprocess import BICUBIC, _convert_image_to_rgb, _transform
+from ._checkpoint import CheckpointError, is_torchscript_archive, materialize_, read_state_dict
+from ._download import _download, default_cache_dir
+from ._jit import load_jit
+from ._preprocess import _transform
 from ._tokenize import tokenize
 from .model import build_model
 
@@ -35,13 +39,162 @@ def available_models() -> List[str]:
 
 
 def load(
-    name: str,
+    name: Union[str, "os.PathLike[str]"],
     device: Union[str, torch.device, None] = None,
     jit: bool = False,
     download_root: Union[str, None] = None,
-) -> Tuple[torch.nn.Module, Any]:
-    """Load a CLIP model (owned by the `clip.load` issue; filled in there)."""
-    raise NotImplementedError("clip.load is being written")
+    *,
+    dtype: Optional[torch.dtype] = None,
+) -> Tuple[torch.nn.Module, Callable[[Any], torch.Tensor]]:
+    """Load a CLIP model and the image transform that goes with it.
+
+    Args:
+        name: a name from `available_models()` (downloaded once and verified by SHA256), or the
+            path of a checkpoint file: a released TorchScript archive or a `torch.save`d state dict.
+        device: "cpu", "cuda", "cuda:N", a `torch.device`, ... (case-insensitive). Default: "cuda"
+            when a GPU is available, else "cpu", decided at call time.
+        jit: False (default) builds the Python model from the weights, read without running any
+            code from the file. True returns the archive's own TorchScript module, with its graph
+            constants patched for `device` (this compiles code from the file: trusted files only).
+        download_root: where released models are cached. Default: `$CLIP_CACHE_DIR` if set, else
+            `~/.cache/clip`.
+        dtype: (keyword-only) cast every floating-point weight to this dtype, e.g. `torch.bfloat16`
+            for bf16 inference on the CPU. Default: float32 on the CPU; on a GPU the release's mixed
+            precision (fp16 weights, fp32 norms and embeddings). Only with jit=False.
+
+    Returns:
+        (model, preprocess): the model in eval mode on `device`, and the torchvision transform
+        turning a PIL image into the model's input tensor.
+
+    Raises:
+        RuntimeError: the name is neither a released model nor an existing file ("Model ... not
+            found; available models = [...]"), or the device is not available.
+        ValueError: a malformed device string or an unsupported dtype.
+        CheckpointError: (a RuntimeError and ValueError) the file is not a usable CLIP checkpoint;
+            the message says why and what to do. UnsafeCheckpointError if it asks to run code.
+        DownloadError: the download failed or did not verify.
+    """
+    if isinstance(name, os.PathLike):
+        name = os.fspath(name)
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a model name or a file path (str), not {type(name).__name__}")
+    if not isinstance(jit, bool):
+        raise TypeError(f"jit must be True or False, not {jit!r}")
+    target = _resolve_device(device)
+    cast = _resolve_dtype(dtype, jit)
+    model_path = _resolve_path(name, download_root)
+
+    if jit:
+        if is_torchscript_archive(model_path):
+            try:
+                scripted = load_jit(model_path, target)
+            except RuntimeError as exc:
+                raise CheckpointError(
+                    f"{model_path!r} could not be loaded as TorchScript ({exc}). Try jit=False, or delete "
+                    "the file and download it again."
+                ) from exc
+            return scripted, _transform(int(scripted.input_resolution.item()))
+        warnings.warn(
+            f"File {model_path} is not a JIT archive. Loading as a state dict instead", stacklevel=2
+        )
+
+    state_dict = read_state_dict(model_path)
+    try:
+        model = build_model(state_dict, share_memory=True)
+    except ValueError as exc:
+        raise CheckpointError(
+            f"{model_path!r} is not a CLIP checkpoint the release's code can build: {exc}"
+        ) from exc
+    del state_dict  # the model now holds the only references to the file's mapped tensors
+    if cast is None and target.type == "cpu":
+        cast = torch.float32  # fp16 matmuls are slow or missing on CPUs: the original's model.float()
+    materialize_(model, target, None if cast is None else _floating_to(cast))
+    return model, _transform(model.visual.input_resolution)
+
+
+def _floating_to(dtype: torch.dtype) -> Callable[[torch.Tensor], torch.dtype]:
+    return lambda tensor: dtype if tensor.is_floating_point() else tensor.dtype
+
+
+def _available_devices() -> List[str]:
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{index}" for index in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+def _resolve_device(device: Union[str, torch.device, int, None]) -> torch.device:
+    """The requested device, checked to exist before anything is downloaded or read."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device, torch.device):
+        resolved = device
+    elif isinstance(device, str):
+        try:
+            resolved = torch.device(device.strip().lower())
+        except RuntimeError as exc:
+            raise ValueError(
+                f"device {device!r} is not a device string; pass one of {_available_devices()} "
+                "(or a torch.device)"
+            ) from exc
+    elif isinstance(device, int) and not isinstance(device, bool):
+        resolved = torch.device("cuda", device)  # torch's convention: an index names a CUDA device
+    else:
+        raise ValueError(f"device must be a string like 'cpu' or 'cuda:0', or a torch.device; got {device!r}")
+
+    available = _available_devices()
+    if resolved.type == "cpu":
+        return resolved
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(
+                f"device {device!r} was requested but CUDA is not available on this machine (available: "
+                f"{available}); pass device='cpu'"
+            )
+        count = torch.cuda.device_count()
+        if resolved.index is not None and resolved.index >= count:
+            raise RuntimeError(
+                f"device {device!r} was requested but this machine has {count} CUDA device(s) (available: "
+                f"{available}); pass one of those"
+            )
+        return resolved
+    backend = getattr(torch, resolved.type, None) if resolved.type != "mps" else torch.backends.mps
+    is_available = getattr(backend, "is_available", None)
+    if callable(is_available) and is_available():
+        return resolved
+    raise RuntimeError(
+        f"device {device!r} was requested but {resolved.type!r} is not available on this machine "
+        f"(available: {available}); pass one of those"
+    )
+
+
+def _resolve_dtype(dtype: Optional[torch.dtype], jit: bool) -> Optional[torch.dtype]:
+    if dtype is None:
+        return None
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(
+            f"dtype must be a floating-point torch.dtype such as torch.float32, torch.float16 or "
+            f"torch.bfloat16; got {dtype!r}"
+        )
+    if jit:
+        raise ValueError(
+            "dtype is only supported with jit=False: the TorchScript graphs cast to fixed dtypes. Pass "
+            "jit=False (the default) to get a model in another dtype."
+        )
+    return dtype
+
+
+def _resolve_path(name: str, download_root: Optional[str]) -> str:
+    if name in _MODELS:
+        return _download(_MODELS[name], download_root or default_cache_dir())
+    if os.path.isfile(name):
+        return name
+    if os.path.isdir(name):
+        raise CheckpointError(f"{name!r} is a directory; pass the path of a checkpoint file (.pt) inside it")
+    raise RuntimeError(f"Model {name} not found; available models = {available_models()}")
 
 
 def __getattr__(name: str) -> Any:
