@@ -73,6 +73,7 @@ class DownloadError(RuntimeError):
     """
 
     def __init__(self, problem: str, url: str, path: str) -> None:
+        self.problem = problem
         self.url = url
         self.path = path
         super().__init__(
@@ -82,6 +83,10 @@ class DownloadError(RuntimeError):
             f"To place the file by hand, download it from {url} and save it as {path}, "
             f"or pass download_root=... to use another directory."
         )
+
+    def __reduce__(self) -> Tuple[Any, Tuple[str, str, str]]:
+        # Picklable (e.g. raised in a worker process) despite the three-argument constructor.
+        return type(self), (self.problem, self.url, self.path)
 
 
 def default_cache_dir() -> str:
@@ -131,7 +136,7 @@ def _download(url: str, root: str) -> str:
             ) from exc
         # A read-only cache (e.g. a shared model directory): use the file if it is correct.
         if os.path.isfile(target):
-            if _verify_and_mark(target, expected):
+            if _verify_and_mark(target, expected, url):
                 return target
             problem = f"{target} exists, but its SHA256 checksum does not match"
         else:
@@ -145,7 +150,7 @@ def _download(url: str, root: str) -> str:
         if os.path.exists(target) and not os.path.isfile(target):
             raise DownloadError(f"{target} exists and is not a regular file", url, target)
         if os.path.isfile(target):
-            if _is_trusted(target, expected) or _verify_and_mark(target, expected):
+            if _is_trusted(target, expected) or _verify_and_mark(target, expected, url):
                 return target
             warnings.warn(
                 f"{target} exists, but the SHA256 checksum does not match; re-downloading the file",
@@ -209,16 +214,20 @@ def _is_trusted(target: str, expected: str) -> bool:
     return record.get("sha256") == expected and (record.get("size"), record.get("mtime_ns")) == _stat_key(st)
 
 
-def _verify_and_mark(target: str, expected: str) -> bool:
-    """Hash `target` in chunks; if it matches, record that in the trust marker (best effort)."""
+def _verify_and_mark(target: str, expected: str, url: str) -> bool:
+    """Hash `target` in chunks; if it matches, record that in the trust marker (best effort).
+
+    A file that cannot be read raises DownloadError rather than counting as corrupt (and being
+    replaced).
+    """
     try:
         with open(target, "rb") as handle:
             st = os.fstat(handle.fileno())  # before hashing: any later change invalidates the marker
             hasher = hashlib.sha256()
             for chunk in iter(lambda: handle.read(HASH_CHUNK_BYTES), b""):
                 hasher.update(chunk)
-    except OSError:
-        return False
+    except OSError as exc:
+        raise DownloadError(f"cannot read the cached file {target}: {exc}", url, target) from exc
     if hasher.hexdigest() != expected:
         return False
     _write_marker(target, expected, st)
@@ -254,7 +263,9 @@ def _held(fd: int, path: str) -> Iterator[None]:
         yield
     finally:
         # Unlink while still holding the lock; waiters notice the inode change and retry.
-        _remove(path)
+        # (Windows refuses to unlink an open file: the lock file then simply stays.)
+        with contextlib.suppress(OSError):
+            os.remove(path)
         if fcntl is None:  # pragma: no cover - Windows
             with contextlib.suppress(OSError):
                 os.lseek(fd, 0, os.SEEK_SET)

@@ -9,6 +9,7 @@ import errno
 import hashlib
 import json
 import os
+import pickle
 import random
 import re
 import signal
@@ -440,6 +441,21 @@ def test_read_only_cache_with_the_file(
     assert _files(tmp_path) == ["a.pt"]
 
 
+def test_read_only_cache_trusts_its_marker(
+    http_server: FileServer, payload: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Verified once while writable; later read-only: no lock, no hashing, no network.
+    url = http_server.add_model("a.pt", payload)
+    path = _download(url, str(tmp_path))
+    http_server.clear_log()
+    _deny_writes_under(tmp_path, monkeypatch)
+    spy = _HashSpy(monkeypatch)
+    assert _download(url, str(tmp_path)) == path
+    assert spy.hashers == 0 and path not in spy.opened
+    monkeypatch.undo()
+    assert http_server.requests == []
+
+
 def test_read_only_cache_with_a_corrupt_file(
     http_server: FileServer, payload: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -453,10 +469,26 @@ def test_read_only_cache_with_a_corrupt_file(
     assert (tmp_path / "a.pt").read_bytes() == b"junk"
 
 
-@pytest.mark.skipif(
-    not POSIX or os.geteuid() == 0, reason="chmod does not restrict root (see simulated tests)"
-)
-def test_read_only_cache_real_chmod(http_server: FileServer, payload: bytes, tmp_path: Path) -> None:
+def _chmod_restricts_us(scratch: Path) -> bool:
+    """False where a 0o555 directory stays writable to this process (root, CAP_DAC_OVERRIDE)."""
+    probe = scratch / "chmod-probe"
+    probe.mkdir()
+    probe.chmod(0o555)
+    try:
+        (probe / "file").touch()
+    except PermissionError:
+        return True
+    finally:
+        probe.chmod(0o755)
+    return False
+
+
+@pytest.mark.skipif(not POSIX, reason="POSIX permissions")
+def test_read_only_cache_real_chmod(
+    http_server: FileServer, payload: bytes, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    if not _chmod_restricts_us(tmp_path_factory.mktemp("probe")):
+        pytest.skip("chmod does not restrict this process (root): covered by the simulated tests above")
     url = http_server.add_model("a.pt", payload)
     tmp_path.chmod(0o555)
     try:
@@ -738,3 +770,31 @@ def test_target_is_a_directory(http_server: FileServer, payload: bytes, tmp_path
     with pytest.raises(RuntimeError, match="is not a regular file"):
         _download(url, str(tmp_path))
     assert http_server.requests == []
+
+
+def test_unreadable_cached_file_is_not_replaced(
+    http_server: FileServer, payload: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = http_server.add_model("a.pt", payload)
+    target = tmp_path / "a.pt"
+    target.write_bytes(payload)
+    real_open = builtins.open
+
+    def fake_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if str(file) == str(target):
+            raise PermissionError(errno.EACCES, "Permission denied", str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    with pytest.raises(DownloadError, match="cannot read the cached file") as info:
+        _download(url, str(tmp_path))
+    monkeypatch.undo()
+    _assert_helpful(info.value, url, target)
+    assert target.read_bytes() == payload and http_server.requests == []
+    assert _files(tmp_path) == ["a.pt"]
+
+
+def test_download_error_pickles(tmp_path: Path) -> None:
+    err = DownloadError("it broke", "http://example.invalid/x/a.pt", str(tmp_path / "a.pt"))
+    clone = pickle.loads(pickle.dumps(err))
+    assert (type(clone), str(clone), clone.url, clone.path) == (DownloadError, str(err), err.url, err.path)
