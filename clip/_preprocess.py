@@ -73,7 +73,8 @@ def preprocess_batch(
         equal element for element to `torch.stack([_transform(n_px)(im) for im in images])`.
 
     Raises:
-        TypeError: `images` is not a sequence, or one of its items is not an image or a path.
+        TypeError: `images` is not a sequence, one of its items is not an image or a path, or
+            `n_px` / `num_workers` is not an int.
         ValueError: `n_px` or `num_workers` is out of range.
         FileNotFoundError, OSError: a path does not exist or is not an image Pillow can read.
     """
@@ -111,7 +112,7 @@ def preprocess_batch(
 
     _run(fill, unique, min(workers, len(unique)))
     for index, source in duplicate_of.items():
-        out[index] = out[source]
+        out_bits[index] = out_bits[source]
     return out
 
 
@@ -137,15 +138,19 @@ def _check_images(images: Any) -> List[ImageInput]:
 
 
 def _check_n_px(n_px: Any) -> None:
-    if isinstance(n_px, bool) or not isinstance(n_px, int) or n_px < 1:
-        raise ValueError(f"n_px must be a positive int (the model's input resolution), got {n_px!r}")
+    if isinstance(n_px, bool) or not isinstance(n_px, int):
+        raise TypeError(f"n_px must be an int (the model's input resolution), got {type(n_px).__name__}")
+    if n_px < 1:
+        raise ValueError(f"n_px must be a positive int (the model's input resolution), got {n_px}")
 
 
 def _resolve_num_workers(num_workers: Any) -> int:
     if num_workers is None:
         return _available_cpus()
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"num_workers must be None or an int >= 0, got {num_workers!r}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int):
+        raise TypeError(f"num_workers must be None or an int, got {type(num_workers).__name__}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers must be None or an int >= 0, got {num_workers}")
     return max(num_workers, 1)
 
 
