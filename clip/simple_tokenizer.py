@@ -283,7 +283,8 @@ class SimpleTokenizer:
         """Yield (cleaned piece, is_plain): pieces whose pre-tokens, concatenated, are the text's.
 
         Plain text is cleaned whole (cheap). Other long texts are cut right after a newline, at least
-        `_PIECE_CHARS` apart. This is exact because:
+        `_PIECE_CHARS` apart; pieces made of plain lines skip ftfy as plain texts do. This is exact
+        because:
 
         * ftfy.fix_text fixes each line (segment) independently, and its only carried state, "stop
           unescaping HTML once a segment contains '<'", is replayed here; so ftfy of a run of whole
@@ -311,16 +312,21 @@ class SimpleTokenizer:
             newline = text.find("\n", pos + _PIECE_CHARS - 1)
             end = n if newline < 0 else newline + 1
             chunk = text[pos:end]
-            fixed = ftfy.fix_text(chunk) if ftfy_unescapes else ftfy.fix_text(chunk, unescape_html=False)
+            pos = end
+            unescape_html = ftfy_unescapes
             if "<" in chunk:
                 ftfy_unescapes = False
-            if end < n and not fixed.endswith("\n"):
+            if self._not_plain.search(chunk) is None:
+                # Whole lines of plain text: ftfy and html.unescape leave them alone, as for a plain text.
+                yield " ".join(chunk.split()).lower(), True
+                continue
+            fixed = ftfy.fix_text(chunk) if unescape_html else ftfy.fix_text(chunk, unescape_html=False)
+            if pos < n and not fixed.endswith("\n"):
                 raise _NotPiecewise
             unescaped = html.unescape(html.unescape(fixed))
             if self._strip_only_space.search(unescaped) is not None:
                 raise _NotPiecewise
             yield whitespace_clean(unescaped.strip()).lower(), False
-            pos = end
 
     def _packed_ids_prefix(self, text: str, limit: int) -> bytes:
         """Packed ids of `text`: all of them, or a prefix of at least `limit` ids."""
