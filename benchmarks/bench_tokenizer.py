@@ -245,6 +245,10 @@ def run(
         "cold_ratio": rates["ours"]["cold"] / rates["original"]["cold"],
         "warm_ratio": rates["ours"]["warm"] / rates["original"]["warm"],
         "build_s": {side: figures["build_s"] for side, figures in sides.items()},
+        # The first pass with the tokenizer's construction counted in (the original builds it when
+        # `clip` is imported; ours on first use).
+        "cold_with_build_ratio": (sides["original"]["build_s"] + sides["original"]["cold_s"])
+        / (sides["ours"]["build_s"] + sides["ours"]["cold_s"]),
         "dtype": {side: figures["dtype"] for side, figures in sides.items()},
         "identical": identical,
     }
@@ -282,7 +286,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             f"{side:>8}: cold {rates['cold']:10.0f} captions/s   warm {rates['warm']:10.0f} captions/s   "
             f"(tokenizer build {result['build_s'][side] * 1000:.0f} ms, {result['dtype'][side]})"
         )
-    print(f"   ratio: cold {result['cold_ratio']:.1f}x   warm {result['warm_ratio']:.1f}x")
+    print(
+        f"   ratio: cold {result['cold_ratio']:.1f}x   warm {result['warm_ratio']:.1f}x   "
+        f"(cold with the tokenizer build: {result['cold_with_build_ratio']:.1f}x)"
+    )
 
 
 if __name__ == "__main__":

@@ -166,6 +166,9 @@ class SimpleTokenizer:
     """
 
     def __init__(self, bpe_path: str = default_bpe()) -> None:
+        # Imported with the tokenizer (not with the package): slow imports, needed by any text that
+        # is not plain.
+        import ftfy  # noqa: F401
         import regex
 
         with open(bpe_path, "rb") as f:
@@ -273,11 +276,30 @@ class SimpleTokenizer:
             return self._plain_pat.findall(" ".join(text.split()).lower())
         return self.pat.findall(_clean(text))
 
+    def _chunk_ids(self, chunk: str) -> bytes:
+        """Packed ids of a whitespace-free chunk of cleaned plain text, computed and cached.
+
+        No pre-token spans whitespace and matching never looks past it, so a chunk's pre-tokens do not
+        depend on its neighbours; a chunk that is itself one pre-token gets that pre-token's ids, so
+        chunks and pre-tokens share one cache consistently.
+        """
+        words = self._plain_pat.findall(chunk)
+        if len(words) == 1:
+            return self._word_ids(chunk)
+        get = self._word_cache.get
+        packed = b"".join([get(w) or self._word_ids(w) for w in words])
+        _bounded_store(self._word_cache, chunk, packed, _WORD_CACHE_ENTRIES)
+        return packed
+
     def _packed_ids(self, text: str) -> bytes:
         """All ids of `text`, packed as int32 bytes."""
         get = self._word_cache.get
+        if self._not_plain.search(text) is None:
+            # Plain text: cleaned, it is its whitespace-separated chunks, lower-cased.
+            chunk_ids = self._chunk_ids
+            return b"".join([get(c) or chunk_ids(c) for c in text.lower().split()])
         word_ids = self._word_ids
-        return b"".join([get(w) or word_ids(w) for w in self._pretokens(text)])
+        return b"".join([get(w) or word_ids(w) for w in self.pat.findall(_clean(text))])
 
     def _iter_clean_pieces(self, text: str) -> Iterator[Tuple[str, bool]]:
         """Yield (cleaned piece, is_plain): pieces whose pre-tokens, concatenated, are the text's.
