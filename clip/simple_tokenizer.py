@@ -11,15 +11,18 @@ What differs is speed, never output:
   `basic_clean`: on such text ``ftfy.fix_text`` only turns ``\\r`` into ``\\n`` and ``html.unescape``
   has nothing to do, so the cleaned text is just the text with whitespace runs collapsed (see
   `_PLAIN_TEXT_EXCEPTIONS`). Every other text takes the original cleaning path.
-* Ids are cached per word and per whole text (both caches bounded), packed as int32 bytes so that a
-  batch of rows is assembled with byte copies instead of per-token Python work.
+* Ids are cached per pre-token (and per whitespace-separated chunk of plain text) and per whole
+  text, in bounded caches, packed as int32 bytes so that a batch of rows is assembled with byte
+  copies instead of per-token Python work. (`cache` is kept as the original's, but only `bpe` fills
+  it: `encode` uses the private caches.)
 * A word whose whole form is a vocabulary entry is that entry: checked against every entry of the
   released vocabulary, so this shortcut is only taken with that file.
 * `_packed_row(text, limit)` can stop once ``limit`` ids are known, cleaning long texts in pieces
   that provably tokenise like the whole (see `_iter_clean_pieces`), so a 1 MB text with
   ``truncate=True`` does not go through BPE in full.
 
-``ftfy`` and ``regex`` are imported on first use, and nothing is read or built at import time.
+``ftfy`` and ``regex`` are imported when a tokenizer is built, and nothing is read or built at
+import time.
 """
 
 import gzip

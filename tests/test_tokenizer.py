@@ -76,7 +76,7 @@ def first_mismatches(pairs, limit: int = 5) -> List:
 
 def test_vocab_file_in_installed_package_has_released_sha256():
     path = Path(default_bpe())
-    assert path.parent == Path(st_module.__file__).resolve().parent
+    assert path.resolve().parent == Path(st_module.__file__).resolve().parent
     data = path.read_bytes()
     assert len(data) == VOCAB_BYTES
     assert hashlib.sha256(data).hexdigest() == VOCAB_SHA256
