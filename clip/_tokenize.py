@@ -29,6 +29,7 @@ def get_tokenizer() -> SimpleTokenizer:
     if tokenizer is None:
         with _tokenizer_lock:
             if _tokenizer is None:
+                _token_dtype()  # the rest of the one-time setup
                 _tokenizer = SimpleTokenizer()
             tokenizer = _tokenizer
     return tokenizer

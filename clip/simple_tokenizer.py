@@ -30,6 +30,7 @@ import hashlib
 import html
 import os
 import re as _re
+import sys
 from array import array
 from functools import lru_cache
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
@@ -83,6 +84,7 @@ _PIECE_CHARS = 4096
 # Texts up to this length are always encoded in full (and may be cached whole).
 _INCREMENTAL_MIN_CHARS = 2 * _PIECE_CHARS
 _CACHED_TEXT_CHARS = 1024
+_NOT_A_MERGE = float("inf")  # rank of a pair that is not a merge
 _TEXT_CACHE_ENTRIES = 1 << 15
 _WORD_CACHE_ENTRIES = 1 << 17
 
@@ -216,30 +218,37 @@ class SimpleTokenizer:
         """
         word = list(token)
         word[-1] += _END_OF_WORD
-        ranks = self.bpe_ranks
-        while len(word) > 1:
-            best_rank = -1
-            best: Optional[Tuple[str, str]] = None
-            for pair in zip(word, word[1:]):
-                rank = ranks.get(pair)
-                if rank is not None and (best is None or rank < best_rank):
-                    best_rank = rank
-                    best = pair
-            if best is None:
+        rank_of = self.bpe_ranks.get
+        # ranks[i]: rank of the pair (word[i], word[i + 1]); ranks are unique per pair, so the
+        # occurrences of the best pair are the positions holding its rank.
+        ranks = [rank_of(pair, _NOT_A_MERGE) for pair in zip(word, word[1:])]
+        while ranks:
+            best = min(ranks)
+            if best == _NOT_A_MERGE:
                 break
-            first, second = best
-            merged = first + second
+            at = ranks.index(best)
+            merged = word[at] + word[at + 1]
+            if ranks.count(best) == 1:  # the usual case: one merge, two neighbouring pairs change
+                word[at : at + 2] = [merged]
+                del ranks[at]
+                if at > 0:
+                    ranks[at - 1] = rank_of((word[at - 1], merged), _NOT_A_MERGE)
+                if at < len(ranks):
+                    ranks[at] = rank_of((merged, word[at + 1]), _NOT_A_MERGE)
+                continue
             new_word: List[str] = []
-            i = 0
-            last = len(word) - 1
-            while i <= last:
-                if i < last and word[i] == first and word[i + 1] == second:
-                    new_word.append(merged)
-                    i += 2
-                else:
-                    new_word.append(word[i])
-                    i += 1
+            start = 0
+            while True:  # left to right, occurrences do not overlap
+                new_word.extend(word[start:at])
+                new_word.append(merged)
+                start = at + 2
+                try:
+                    at = ranks.index(best, start)
+                except ValueError:
+                    break
+            new_word.extend(word[start:])
             word = new_word
+            ranks = [rank_of(pair, _NOT_A_MERGE) for pair in zip(word, word[1:])]
         return word
 
     def bpe(self, token: str) -> str:
@@ -264,7 +273,7 @@ class SimpleTokenizer:
             token = word.encode("utf-8").decode("latin-1").translate(self._byte_table)
         whole = self.encoder.get(token + _END_OF_WORD) if self._whole_word_shortcut else None
         if whole is not None:
-            packed = _pack([whole])
+            packed = whole.to_bytes(_ID_BYTES, sys.byteorder)
         else:
             encoder = self.encoder
             packed = _pack([encoder[s] for s in self._bpe_symbols(token)])
@@ -286,6 +295,8 @@ class SimpleTokenizer:
         depend on its neighbours; a chunk that is itself one pre-token gets that pre-token's ids, so
         chunks and pre-tokens share one cache consistently.
         """
+        if chunk.isalpha():  # the usual case: one word
+            return self._word_ids(chunk)
         words = self._plain_pat.findall(chunk)
         if len(words) == 1:
             return self._word_ids(chunk)
