@@ -51,6 +51,7 @@ __all__ = [
     "save_state_dict",
     "make_release_dir",
     "rewrite_zip",
+    "archive_root",
     "relocate_storages",
     "arch_for_name",
     "release_file_name",
@@ -88,6 +89,7 @@ ZIP_LOCAL_HEADER_BYTES = 30
 FIXED_DATE = (1980, 1, 1, 0, 0, 0)
 RELEASE_LOCATION = "cuda:0"  # what the released archives record for every storage
 EOT_TOKEN = 49407
+SCALARS = ("input_resolution", "context_length", "vocab_size")
 
 
 def arch_for_name(name: str) -> str:
@@ -146,22 +148,30 @@ def tiny_model(arch: str = "vit", seed: int = 0) -> CLIP:
 def tiny_state_dict(
     arch: str = "vit", seed: int = 0, scalars: bool = True
 ) -> "OrderedDict[str, torch.Tensor]":
-    """The state dict of :func:`tiny_model` in the release's order, with the scalar entries first
-    after the top-level parameters (where the released archives have them)."""
-    model = tiny_model(arch, seed)
-    state = model.state_dict()
-    out: OrderedDict[str, torch.Tensor] = OrderedDict()
-    top = [k for k in state if "." not in k]
-    for key in top:
-        out[key] = state[key]
-    if scalars:
-        dims = TINY_DIMS[arch]
-        out["input_resolution"] = torch.tensor(dims["image_resolution"])
-        out["context_length"] = torch.tensor(dims["context_length"])
-        out["vocab_size"] = torch.tensor(dims["vocab_size"])
-    for key, value in state.items():
-        if "." in key:
-            out[key] = value
+    """The state dict of :func:`tiny_model` in the release's order (a fresh copy on every call).
+
+    With `scalars`, the three scalar entries come right after the top-level parameters, where
+    the released archives have them (they are buffers of the traced top-level module).
+    """
+    return OrderedDict(
+        (key, value.clone())
+        for key, value in _tiny_state(arch, seed).items()
+        if scalars or key not in SCALARS
+    )
+
+
+@functools.cache
+def _tiny_state(arch: str, seed: int) -> "OrderedDict[str, torch.Tensor]":
+    state = tiny_model(arch, seed).state_dict()
+    dims = TINY_DIMS[arch]
+    scalars = {
+        "input_resolution": torch.tensor(dims["image_resolution"]),
+        "context_length": torch.tensor(dims["context_length"]),
+        "vocab_size": torch.tensor(dims["vocab_size"]),
+    }
+    out: OrderedDict[str, torch.Tensor] = OrderedDict((k, v) for k, v in state.items() if "." not in k)
+    out.update(scalars)
+    out.update((k, v) for k, v in state.items() if "." in k)
     return out
 
 
@@ -228,7 +238,7 @@ def save_torchscript_archive(
         warnings.simplefilter("ignore")
         traced.save(str(path))
     if storage_location != "cpu":
-        root = _root(path)
+        root = archive_root(path)
         with zipfile.ZipFile(path) as zf:
             pkl = zf.read(f"{root}/data.pkl")
         rewrite_zip(path, path, {f"{root}/data.pkl": relocate_storages(pkl, storage_location)})
@@ -290,7 +300,8 @@ def make_release_dir(
 # Archive surgery
 
 
-def _root(path: Union[str, Path]) -> str:
+def archive_root(path: Union[str, Path]) -> str:
+    """The top folder of a torch zip archive (the folder holding data.pkl)."""
     with zipfile.ZipFile(path) as zf:
         return next(n for n in zf.namelist() if n.endswith("/data.pkl")).split("/")[0]
 
