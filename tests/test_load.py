@@ -347,7 +347,6 @@ def test_hubconf_entry_points(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_torch_hub_local_source(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert set(torch.hub.list(str(REPO_ROOT), source="local")) == set(HUB_NAMES) | {"tokenize"}
     monkeypatch.setattr(clip, "load", lambda name, **kwargs: (name, kwargs))
     result = torch.hub.load(str(REPO_ROOT), "ViT_L_14_336px", source="local", device="cpu")
     assert result == ("ViT-L/14@336px", {"device": "cpu"})
