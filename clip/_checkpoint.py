@@ -56,6 +56,7 @@ MAX_PICKLE_BYTES = 256 * 1024 * 1024  # data.pkl of the largest release (RN50x64
 MAX_CODE_BYTES = 256 * 1024 * 1024  # TorchScript source of one class file
 MAX_INFLATE_RATIO = 64  # largest plausible expansion of a compressed tensor member
 MIN_INFLATE_ALLOWANCE = 1024 * 1024  # small compressed members may expand more than the ratio
+COPY_CHUNK_BYTES = 8 * 1024 * 1024  # mapped bytes copied (then released) at a time
 SCALAR_KEYS = ("input_resolution", "context_length", "vocab_size")
 WRAPPER_KEYS = ("state_dict", "model_state_dict")
 DATA_PARALLEL_PREFIX = "module."
@@ -624,24 +625,46 @@ def _torch_load(path: str, mmap: bool) -> Any:
 # Moving a model built on mapped weights into owned memory
 
 
-def _release_pages(tensor: torch.Tensor) -> None:
-    """Drop the resident pages of a tensor that lives on a mapping made by `_ArchiveData`.
+def _mapping_at(ptr: int) -> Optional[Tuple[int, mmap.mmap]]:
+    """(base address, mapping) of the `_ArchiveData` mapping holding address `ptr`, if any."""
+    for base, mapping in list(_MAPPINGS.items()):
+        if base <= ptr < base + len(mapping):
+            return base, mapping
+    return None
+
+
+def _release_pages(mapped: Tuple[int, mmap.mmap], start: int, end: int) -> None:
+    """Drop the resident pages lying wholly inside addresses [start, end) of a mapping.
 
     The mappings are private and never written before this point, so the kernel simply re-reads
     the file should the pages be touched again: releasing them never changes any tensor's values.
     """
-    if not hasattr(mmap, "MADV_DONTNEED") or tensor.device.type != "cpu":
-        return
-    storage = tensor.untyped_storage()
-    ptr, nbytes = storage.data_ptr(), storage.nbytes()
-    for base, mapping in list(_MAPPINGS.items()):
-        if base <= ptr < base + len(mapping):
-            start, end = ptr - base, ptr - base + nbytes
-            first = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages only: neighbours keep theirs
-            last = end // mmap.PAGESIZE * mmap.PAGESIZE
-            if last > first:
-                mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
-            return
+    base, mapping = mapped
+    first = -(-(start - base) // mmap.PAGESIZE) * mmap.PAGESIZE  # whole pages only: neighbours keep theirs
+    last = (end - base) // mmap.PAGESIZE * mmap.PAGESIZE
+    if last > first and hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED, first, last - first)
+
+
+def _owned_copy(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A copy of `tensor` in memory of its own; pages of a mapped source are released as it goes."""
+    mapped = _mapping_at(tensor.data_ptr()) if tensor.device.type == "cpu" and tensor.numel() else None
+    if mapped is None or device.type != "cpu" or not tensor.is_contiguous():
+        result = tensor.to(device=device, dtype=dtype, copy=True)
+        if mapped is not None:
+            storage = tensor.untyped_storage()
+            _release_pages(mapped, storage.data_ptr(), storage.data_ptr() + storage.nbytes())
+        return result
+    # chunk by chunk, so that at most one chunk of the source is resident beside the result
+    result = torch.empty(tensor.shape, dtype=dtype, device=device)
+    source, target = tensor.reshape(-1), result.view(-1)
+    step = max(1, COPY_CHUNK_BYTES // tensor.element_size())
+    begin = tensor.data_ptr()
+    for offset in range(0, source.numel(), step):
+        target[offset : offset + step].copy_(source[offset : offset + step])
+        end = begin + min(offset + step, source.numel()) * tensor.element_size()
+        _release_pages(mapped, begin, end)
+    return result
 
 
 def materialize_(
@@ -651,15 +674,13 @@ def materialize_(
 ) -> torch.nn.Module:
     """Move every parameter and buffer of `module` to owned memory on `device`, in place.
 
-    Each tensor is copied (cast with ``dtype(tensor)`` when given) and, where it was memory-mapped
-    from a checkpoint, the pages it occupied are released right away, so peak memory stays near the
-    size of the result instead of result plus file.
+    Each tensor is copied (cast to ``dtype(tensor)`` when given) and, where it was memory-mapped
+    from a checkpoint, the pages it occupied are released as the copy proceeds, so peak memory
+    stays near the size of the result instead of result plus file. Mapped tensors must not have
+    been written to before (released pages are re-read from the file, dropping private changes).
     """
 
     def convert(tensor: torch.Tensor) -> torch.Tensor:
-        target = dtype(tensor) if dtype is not None else tensor.dtype
-        result = tensor.to(device=device, dtype=target, copy=True)
-        _release_pages(tensor)
-        return result
+        return _owned_copy(tensor, device, dtype(tensor) if dtype is not None else tensor.dtype)
 
     return module._apply(convert)

@@ -112,10 +112,13 @@ def _cache_dir() -> Path:
 def example_inputs(arch: str = "vit", seed: int = 0, n_images: int = 2, n_texts: int = 3) -> Tuple:
     """Seeded (images (N, 3, R, R) float32, tokens (M, 77) int64 ending with EOT) for `arch`."""
     dims = TINY_DIMS[arch]
+    return _inputs(dims["image_resolution"], dims["context_length"], seed, n_images, n_texts)
+
+
+def _inputs(res: int, context: int, seed: int, n_images: int, n_texts: int) -> Tuple:
     gen = torch.Generator().manual_seed(seed + 1)
-    res = dims["image_resolution"]
     images = torch.randn(n_images, 3, res, res, generator=gen)
-    tokens = torch.zeros(n_texts, dims["context_length"], dtype=torch.long)
+    tokens = torch.zeros(n_texts, context, dtype=torch.long)
     for row in range(n_texts):
         length = 3 + row * 2
         tokens[row, 0] = EOT_TOKEN - 1  # start of text
@@ -178,9 +181,9 @@ def _tiny_state(arch: str, seed: int) -> "OrderedDict[str, torch.Tensor]":
 def trace_model(model: CLIP) -> torch.jit.ScriptModule:
     """Trace `model` like the release: methods forward / encode_image / encode_text, the three
     scalar entries as buffers, the causal mask as a constant (not a state-dict entry)."""
+    res, context = model.visual.input_resolution, model.context_length
     model = _release_shaped_copy(model)
-    arch = "vit" if model.visual.__class__.__name__ == "VisionTransformer" else "resnet"
-    images, tokens = example_inputs(arch)
+    images, tokens = _inputs(res, context, seed=0, n_images=2, n_texts=3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation warnings
         return torch.jit.trace_module(

@@ -1,0 +1,220 @@
+"""Benchmark: `clip.load(path, device="cpu")` against the original's, on a ViT-B/32-sized archive.
+
+Builds once (cached in `--workdir`, default ~/.cache/clip-bench) a TorchScript archive in the
+release's layout with the dimensions of ViT-B/32 (151,277,313 parameters; seeded random weights,
+fp16 where `convert_weights` casts; traced like the release, storages recorded on cuda:0), then,
+for each side, `--repeats` times in a fresh process of its own:
+
+- imports torch and `clip`, reads the peak RSS (`ru_maxrss`) as the baseline,
+- times `clip.load(archive, device="cpu", jit=False)`,
+- reads the peak RSS again: peak memory of loading = peak - baseline.
+
+It prints the median load time of each side and their ratio, and each side's peak memory relative
+to the size of the fp32 model (the result: 151,277,313 x 4 bytes), after checking that both sides
+gave the same weights. The archive is read once beforehand so that both sides find it in the page
+cache. Goal: at least 5x faster than the original, peak memory at most 1.5x the fp32 model.
+
+Both packages are named `clip`, so each side runs in a subprocess: the original with only the
+oracle folder on PYTHONPATH and its working directory outside the repository, ours with the
+repository first. The original is `clip-anytorch` (the release's code, lightly patched), installed
+in a folder of its own; its `pkg_resources` import needs setuptools < 81 (its `load` fails on plain
+state-dict files, but reads TorchScript archives like this one):
+
+    pip install --no-deps --target /work/oracle clip-anytorch "setuptools<81"
+
+Run (from the repository root, with our package installed):
+
+    python -m benchmarks.bench_load [--oracle DIR] [--workdir DIR] [--repeats 3]
+
+The oracle folder comes from `--oracle`, else the CLIP_ORACLE_PATH environment variable, else
+/work/oracle. `run(...)` returns the figures as a dict, for a suite runner.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_ORACLE = "/work/oracle"
+DEFAULT_WORKDIR = "~/.cache/clip-bench"
+DEFAULT_REPEATS = 3
+SEED = 0
+ARCHIVE_NAME = "ViT-B-32-random.pt"
+VIT_B_32 = dict(
+    embed_dim=512,
+    image_resolution=224,
+    vision_layers=12,
+    vision_width=768,
+    vision_patch_size=32,
+    context_length=77,
+    vocab_size=49408,
+    transformer_width=512,
+    transformer_heads=8,
+    transformer_layers=12,
+)
+VIT_B_32_PARAMS = 151_277_313  # FACTS: parameters of ViT-B/32
+FP32_BYTES = 4
+KIB = 1024
+MIB = 1024 * 1024
+GOAL_SPEEDUP = 5.0
+GOAL_PEAK_RATIO = 1.5
+
+# Runs in a fresh interpreter: argv[1] = archive. Prints one JSON line.
+_CHILD = r"""
+import hashlib, json, resource, sys, time
+import torch
+import clip
+baseline_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+model, preprocess = clip.load(sys.argv[1], device="cpu", jit=False)
+seconds = time.perf_counter() - start
+peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+state = model.state_dict()
+digest = hashlib.sha256()
+for key in sorted(state):
+    tensor = state[key]
+    digest.update(key.encode())
+    digest.update(str(tensor.dtype).encode())
+    digest.update(tensor.detach().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+print(json.dumps({
+    "seconds": seconds,
+    "peak_bytes": (peak_kib - baseline_kib) * 1024,
+    "baseline_bytes": baseline_kib * 1024,
+    "model_bytes": sum(t.numel() * t.element_size() for t in state.values()),
+    "parameters": sum(p.numel() for p in model.parameters()),
+    "weights_sha256": digest.hexdigest(),
+    "clip_file": clip.__file__,
+}))
+"""
+
+
+def build_archive(workdir: Path) -> Path:
+    """The cached ViT-B/32-sized release-layout archive (built on first use, ~1 minute)."""
+    target = workdir / ARCHIVE_NAME
+    if target.is_file():
+        return target
+    workdir.mkdir(parents=True, exist_ok=True)
+    sys.path.insert(0, str(REPO / "tests"))  # the release-layout archive writer used by the tests
+    sys.path.insert(0, str(REPO))
+    import torch
+    from _checkpoints import save_torchscript_archive
+
+    from clip.model import CLIP, convert_weights
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        model = CLIP(**VIT_B_32)
+    convert_weights(model)
+    model.eval()
+    with tempfile.TemporaryDirectory(dir=workdir) as scratch:
+        partial = Path(scratch) / ARCHIVE_NAME
+        save_torchscript_archive(model, partial)
+        os.replace(partial, target)  # only a complete archive ever sits at the final path
+    return target
+
+
+def _measure(side: str, archive: Path, oracle: str) -> Dict[str, Any]:
+    env = dict(os.environ)
+    if side == "original":
+        env["PYTHONPATH"] = oracle
+        cwd = tempfile.gettempdir()  # our own clip/ must not shadow the original
+    else:
+        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        cwd = str(REPO)
+    env["PYTHONWARNINGS"] = "ignore"
+    done = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(archive)], cwd=cwd, env=env, capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"the {side} side failed:\n{done.stderr[-4000:]}")
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    expected_root = Path(oracle) if side == "original" else REPO
+    if not Path(result["clip_file"]).resolve().is_relative_to(expected_root.resolve()):
+        raise RuntimeError(f"the {side} side imported clip from {result['clip_file']}")
+    return result
+
+
+def _warm_page_cache(path: Path) -> None:
+    with open(path, "rb") as f:
+        while f.read(16 * MIB):
+            pass
+
+
+def run(
+    oracle: Optional[str] = None, workdir: Optional[str] = None, repeats: int = DEFAULT_REPEATS
+) -> Dict[str, Any]:
+    """Measure both sides; return the figures (seconds, peak bytes, ratios) as a dict."""
+    oracle = oracle or os.environ.get("CLIP_ORACLE_PATH") or DEFAULT_ORACLE
+    if not (Path(oracle) / "clip" / "clip.py").is_file():
+        raise FileNotFoundError(
+            f"no original clip package in {oracle}; see the module docstring to install it"
+        )
+    archive = build_archive(Path(os.path.expanduser(workdir or DEFAULT_WORKDIR)))
+    _warm_page_cache(archive)
+    runs: Dict[str, List[Dict[str, Any]]] = {"ours": [], "original": []}
+    for _ in range(repeats):
+        for side in ("original", "ours"):  # interleaved, so drifting machine load hits both
+            runs[side].append(_measure(side, archive, oracle))
+
+    ours, original = runs["ours"], runs["original"]
+    if {r["weights_sha256"] for r in ours + original} != {ours[0]["weights_sha256"]}:
+        raise RuntimeError("the two sides loaded different weights")
+    fp32_bytes = VIT_B_32_PARAMS * FP32_BYTES
+    assert ours[0]["parameters"] == VIT_B_32_PARAMS, ours[0]["parameters"]
+
+    def median(side: List[Dict[str, Any]], key: str) -> float:
+        return statistics.median(r[key] for r in side)
+
+    figures = {
+        "archive": str(archive),
+        "archive_bytes": archive.stat().st_size,
+        "fp32_model_bytes": fp32_bytes,
+        "repeats": repeats,
+        "ours_s": median(ours, "seconds"),
+        "original_s": median(original, "seconds"),
+        "ours_peak_bytes": median(ours, "peak_bytes"),
+        "original_peak_bytes": median(original, "peak_bytes"),
+        "ours_all_s": [r["seconds"] for r in ours],
+        "original_all_s": [r["seconds"] for r in original],
+    }
+    figures["speedup"] = figures["original_s"] / figures["ours_s"]
+    figures["ours_peak_ratio"] = figures["ours_peak_bytes"] / fp32_bytes
+    figures["original_peak_ratio"] = figures["original_peak_bytes"] / fp32_bytes
+    figures["meets_goals"] = (
+        figures["speedup"] >= GOAL_SPEEDUP and figures["ours_peak_ratio"] <= GOAL_PEAK_RATIO
+    )
+    return figures
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--oracle", default=None, help="folder holding the original clip package")
+    parser.add_argument("--workdir", default=None, help=f"where the archive is cached ({DEFAULT_WORKDIR})")
+    parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS)
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    f = run(args.oracle, args.workdir, args.repeats)
+    archive_mib, fp32_mib = f["archive_bytes"] / MIB, f["fp32_model_bytes"] / MIB
+    print(f"archive: {f['archive']} ({archive_mib:.0f} MiB); fp32 model {fp32_mib:.0f} MiB")
+    print(
+        f"load time (median of {f['repeats']}):  original {f['original_s']:.2f} s   "
+        f"ours {f['ours_s']:.2f} s   "
+        f"speed-up {f['speedup']:.1f}x (goal >= {GOAL_SPEEDUP:.0f}x)"
+    )
+    print(
+        f"peak memory of loading:  original {f['original_peak_bytes'] / MIB:.0f} MiB "
+        f"({f['original_peak_ratio']:.2f}x fp32 model)   ours {f['ours_peak_bytes'] / MIB:.0f} MiB "
+        f"({f['ours_peak_ratio']:.2f}x; goal <= {GOAL_PEAK_RATIO}x)"
+    )
+    print(f"goals met: {f['meets_goals']}   (benchmark wall time {time.perf_counter() - start:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
