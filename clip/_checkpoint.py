@@ -418,8 +418,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
 @dataclass(frozen=True)
 class _ClassInfo:
     is_module: bool
-    parameters: Tuple[str, ...]
-    buffers: Tuple[str, ...]
+    parameters: Optional[Tuple[str, ...]]  # None: the class body does not declare them
+    buffers: Optional[Tuple[str, ...]]
 
 
 _CLASS_RE = re.compile(r"^class ([A-Za-z_][A-Za-z0-9_]*)\(([^)]*)\):[ \t]*$", re.MULTILINE)
@@ -433,7 +433,7 @@ def _parse_class_infos(source: str) -> Dict[str, _ClassInfo]:
     for i, header in enumerate(headers):
         body_end = headers[i + 1].start() if i + 1 < len(headers) else len(source)
         body = source[header.end() : body_end]
-        decls: Dict[str, Tuple[str, ...]] = {"__parameters__": (), "__buffers__": ()}
+        decls: Dict[str, Optional[Tuple[str, ...]]] = {"__parameters__": None, "__buffers__": None}
         for decl in _DECL_RE.finditer(body):
             try:
                 names = ast.literal_eval(decl.group(2))
@@ -483,8 +483,11 @@ def _collect(
             "plain module tree and cannot be read without running its code"
         )
     info = declarations.get(record.qualified_name)
-    if info is None:  # no declarations found: every tensor attribute is an entry
-        tensor_names: List[str] = [k for k, v in state.items() if isinstance(v, torch.Tensor)]
+    tensors = [k for k, v in state.items() if isinstance(v, torch.Tensor)]
+    if info is None or info.parameters is None:  # nothing declared: every tensor attribute is an entry
+        tensor_names: List[str] = tensors
+    elif info.buffers is None:  # archives without buffer declarations: other tensors are buffers
+        tensor_names = [*info.parameters, *(k for k in tensors if k not in info.parameters)]
     else:
         tensor_names = [*info.parameters, *info.buffers]
     for name in tensor_names:

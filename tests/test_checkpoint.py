@@ -94,6 +94,28 @@ def test_reader_decides_membership_like_torchscript(tmp_path: Path) -> None:
     assert "hidden" in ours and ours["bn.num_batches_tracked"].dtype == torch.int64
 
 
+def test_archives_without_buffer_declarations(tmp_path: Path) -> None:
+    """Older writers may not declare buffers: tensor attributes that are not parameters are."""
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.trace(_Odd().eval(), torch.randn(1, 3, 8, 8), check_trace=False).save(
+            str(tmp_path / "odd.pt")
+        )
+    reference = _jit_state_dict(tmp_path / "odd.pt")
+    replace = {}
+    with zipfile.ZipFile(tmp_path / "odd.pt") as zf:
+        for name in zf.namelist():
+            if "/code/" in name and name.endswith(".py"):
+                source = zf.read(name).decode()
+                stripped = "\n".join(line for line in source.splitlines() if "__buffers__" not in line)
+                if stripped != source.rstrip("\n"):
+                    replace[name] = stripped.encode()
+    assert replace  # the buffers of BatchNorm2d and _Odd were declared
+    old_style = rewrite_zip(tmp_path / "odd.pt", tmp_path / "old.pt", replace)
+    _assert_same_state(read_state_dict(old_style), reference)
+
+
 def test_root_folder_name_is_not_fixed(tmp_path: Path) -> None:
     renamed = rewrite_zip(release_archive("vit"), tmp_path / "ViT-B-32.pt", rename_root="something_else")
     assert archive_root(renamed) == "something_else"
