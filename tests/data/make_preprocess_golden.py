@@ -84,6 +84,7 @@ def main() -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(to_json(golden))
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; the golden file is an ordinary repository file
         os.replace(tmp, OUTPUT)
     except BaseException:
         os.unlink(tmp)
