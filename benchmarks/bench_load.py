@@ -1,11 +1,11 @@
 """Benchmark: `clip.load(path, device="cpu")` against the original's, on a ViT-B/32-sized archive.
 
 Builds once (cached in `--workdir`, default ~/.cache/clip-bench) a TorchScript archive in the
-release's layout with the dimensions of ViT-B/32 (151,277,313 parameters; seeded random weights,
-fp16 where `convert_weights` casts; traced like the release, storages recorded on cuda:0), then,
-for each side, `--repeats` times in a fresh process of its own:
+release's layout with the dimensions of ViT-B/32 (151,277,313 parameters; seeded random weights
+from tests/_model_factory.py, fp16 where `convert_weights` casts; traced like the release, storages
+recorded on cuda:0), then, for each side, `--repeats` times in a fresh process of its own:
 
-- imports torch and `clip`, reads the peak RSS (`ru_maxrss`) as the baseline,
+- imports torch and `clip`, reads the peak RSS (VmHWM, else `ru_maxrss`) as the baseline,
 - times `clip.load(archive, device="cpu", jit=False)`,
 - reads the peak RSS again: peak memory of loading = peak - baseline.
 
@@ -71,11 +71,23 @@ _CHILD = r"""
 import hashlib, json, resource, sys, time
 import torch
 import clip
-baseline_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+def peak_kib():
+    # VmHWM: this process's own high-water mark (ru_maxrss may carry the parent's over fork+exec)
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+baseline_kib = peak_kib()
 start = time.perf_counter()
 model, preprocess = clip.load(sys.argv[1], device="cpu", jit=False)
 seconds = time.perf_counter() - start
-peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+peak_kib = peak_kib()
 state = model.state_dict()
 digest = hashlib.sha256()
 for key in sorted(state):
@@ -96,28 +108,33 @@ print(json.dumps({
 
 
 def build_archive(workdir: Path) -> Path:
-    """The cached ViT-B/32-sized release-layout archive (built on first use, ~1 minute)."""
+    """The cached ViT-B/32-sized release-layout archive (built on first use, ~1 minute).
+
+    Built in a subprocess, so that the memory it takes is not inherited by the measured processes.
+    """
     target = workdir / ARCHIVE_NAME
-    if target.is_file():
-        return target
+    if not target.is_file():
+        code = "import sys; from benchmarks.bench_load import _build; _build(sys.argv[1])"
+        subprocess.run([sys.executable, "-c", code, str(workdir)], cwd=str(REPO), check=True)
+    return target
+
+
+def _build(workdir_name: str) -> None:
+    workdir = Path(workdir_name)
+    target = workdir / ARCHIVE_NAME
     workdir.mkdir(parents=True, exist_ok=True)
     sys.path.insert(0, str(REPO / "tests"))  # the release-layout archive writer used by the tests
     sys.path.insert(0, str(REPO))
-    import torch
     from _checkpoints import save_torchscript_archive
+    from _model_factory import make_state_dict
 
-    from clip.model import CLIP, convert_weights
+    from clip.model import build_model
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(SEED)
-        model = CLIP(**VIT_B_32)
-    convert_weights(model)
-    model.eval()
+    model = build_model(make_state_dict(VIT_B_32, SEED, scalars=False))
     with tempfile.TemporaryDirectory(dir=workdir) as scratch:
         partial = Path(scratch) / ARCHIVE_NAME
         save_torchscript_archive(model, partial)
         os.replace(partial, target)  # only a complete archive ever sits at the final path
-    return target
 
 
 def _measure(side: str, archive: Path, oracle: str) -> Dict[str, Any]:

@@ -522,27 +522,32 @@ def read_torchscript_state_dict(path: PathLike) -> "collections.OrderedDict[str,
     if not head.startswith(ZIP_MAGIC):
         raise _unknown_format_error(path, head)
     with _open_zip(path) as zf:
-        root = _archive_root(path, zf)
-        archive = _ArchiveData(path, zf, root, file_size)
-        data = archive.read_member(f"{root}/data.pkl", MAX_PICKLE_BYTES)
-        try:
-            obj = _RestrictedUnpickler(data, archive).load()
-        except CheckpointError:
-            raise
-        except RecursionError as exc:
-            raise CheckpointError(f"{path!r}: data.pkl is nested too deeply; the file is corrupt") from exc
-        except Exception as exc:  # malformed pickle opcodes raise anything from EOFError to TypeError
-            raise CheckpointError(
-                f"{path!r}: cannot read data.pkl ({type(exc).__name__}: {exc}); the file is corrupt. Delete "
-                "it and download it again."
-            ) from exc
-        if not isinstance(obj, _ScriptObject):
-            raise CheckpointError(
-                f"{path!r}: data.pkl holds a {type(obj).__name__}, not a TorchScript module; the file is "
-                "not a TorchScript archive"
-            )
-        out: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
-        _collect(obj, "", _ClassDeclarations(archive), out)
+        return _read_archive(path, zf, _archive_root(path, zf), file_size)
+
+
+def _read_archive(
+    path: str, zf: zipfile.ZipFile, root: str, file_size: int
+) -> "collections.OrderedDict[str, torch.Tensor]":
+    archive = _ArchiveData(path, zf, root, file_size)
+    data = archive.read_member(f"{root}/data.pkl", MAX_PICKLE_BYTES)
+    try:
+        obj = _RestrictedUnpickler(data, archive).load()
+    except CheckpointError:
+        raise
+    except RecursionError as exc:
+        raise CheckpointError(f"{path!r}: data.pkl is nested too deeply; the file is corrupt") from exc
+    except Exception as exc:  # malformed pickle opcodes raise anything from EOFError to TypeError
+        raise CheckpointError(
+            f"{path!r}: cannot read data.pkl ({type(exc).__name__}: {exc}); the file is corrupt. Delete "
+            "it and download it again."
+        ) from exc
+    if not isinstance(obj, _ScriptObject):
+        raise CheckpointError(
+            f"{path!r}: data.pkl holds a {type(obj).__name__}, not a TorchScript module; the file is "
+            "not a TorchScript archive"
+        )
+    out: collections.OrderedDict[str, torch.Tensor] = collections.OrderedDict()
+    _collect(obj, "", _ClassDeclarations(archive), out)
     return out
 
 
@@ -593,9 +598,8 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
     if head.startswith(ZIP_MAGIC):
         with _open_zip(path) as zf:
             root = _archive_root(path, zf)
-            torchscript = _is_torchscript_zip(zf, root)
-        if torchscript:
-            return read_torchscript_state_dict(path)
+            if _is_torchscript_zip(zf, root):
+                return _read_archive(path, zf, root, os.path.getsize(path))
         return _unwrap(path, _torch_load(path, mmap=True))
     if head.startswith(EMPTY_ZIP_MAGIC):
         raise CheckpointError(f"{path!r} is an empty zip archive, not a checkpoint")

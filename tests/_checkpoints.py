@@ -36,9 +36,10 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
+from _model_factory import make_state_dict
 
 from clip.clip import _MODELS
-from clip.model import CLIP, convert_weights
+from clip.model import CLIP, build_model
 
 __all__ = [
     "TINY_DIMS",
@@ -130,22 +131,10 @@ def _inputs(res: int, context: int, seed: int, n_images: int, n_texts: int) -> T
 def tiny_model(arch: str = "vit", seed: int = 0) -> CLIP:
     """A seeded tiny CLIP in the release's precision (fp16 where convert_weights casts), eval mode.
 
-    Batch-norm statistics and affine parameters are randomised too, so every weight matters.
+    The weights come from `_model_factory.make_state_dict` (seeded, fan-in scaled, drawn in the
+    release's key order), so they do not depend on how `clip.model` initialises a CLIP.
     """
-    gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = CLIP(**TINY_DIMS[arch])
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                shape = module.running_mean.shape
-                module.running_mean.copy_(torch.randn(shape, generator=gen) * 0.1)
-                module.running_var.copy_(torch.rand(shape, generator=gen) + 0.5)
-                module.weight.copy_(torch.rand(shape, generator=gen) + 0.5)
-                module.bias.copy_(torch.randn(shape, generator=gen) * 0.1)
-    convert_weights(model)
-    return model.eval()
+    return build_model(make_state_dict(TINY_DIMS[arch], seed, scalars=False))
 
 
 def tiny_state_dict(
