@@ -1,16 +1,19 @@
 """jit=True: the archive's TorchScript module, its GPU-traced graph constants patched for the device."""
 
+import hashlib
 import warnings
 from pathlib import Path
 from typing import Iterator, List
 
 import pytest
 import torch
-from _checkpoints import example_inputs, release_archive, save_state_dict, tiny_model
+from _checkpoints import example_inputs, release_archive, save_state_dict, tiny_model, tiny_state_dict
 
 import clip
 from clip._jit import FLOAT, HALF, load_jit, patch_device, patch_half_to_float
 from clip.model import CLIP
+
+GOLDEN = Path(__file__).resolve().parent / "data" / "load_golden.pt"
 
 
 def _raw_load(path: Path) -> torch.jit.ScriptModule:
@@ -158,3 +161,37 @@ def test_load_jit_on_cuda_keeps_fp16() -> None:
         torch.testing.assert_close(
             features.float().cpu(), reference.encode_image(images), atol=1e-2, rtol=1e-2
         )
+
+
+# ----------------------------------------------------------------------------------------------
+# Against the original: tests/data/load_golden.pt, made by tests/data/make_load_golden.py
+
+
+def _digest(tensors: "dict[str, torch.Tensor]") -> str:
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        tensor = tensors[key].detach().contiguous()
+        h.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["python", "jit"])
+@pytest.mark.parametrize("arch", ["vit", "resnet"])
+def test_load_matches_the_original(arch: str, jit: bool) -> None:
+    golden = torch.load(GOLDEN, weights_only=True)[arch]
+    images, tokens = example_inputs(arch)
+    stale = "tests/data/load_golden.pt is stale: rerun tests/data/make_load_golden.py"
+    assert _digest(tiny_state_dict(arch)) == golden["state_sha256"], stale
+    assert _digest({"images": images, "tokens": tokens}) == golden["inputs_sha256"], stale
+    model, _ = clip.load(str(release_archive(arch)), device="cpu", jit=jit)
+    expected = golden["jit" if jit else "python"]
+    with torch.no_grad():
+        got = {
+            "image_features": model.encode_image(images),
+            "text_features": model.encode_text(tokens),
+            "logits_per_image": model(images, tokens)[0],
+        }
+    for key, value in expected.items():
+        assert got[key].dtype == torch.float32, key  # the original's CPU results are fp32 too
+        torch.testing.assert_close(got[key], value, atol=1e-4, rtol=1e-4, msg=key)
