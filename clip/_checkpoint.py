@@ -52,8 +52,8 @@ ZIP_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # the fixed part of a zip loc
 SNIFF_BYTES = 512  # bytes read from the start of a file to recognise its format
 HTML_MARKERS = (b"<!doctype html", b"<html", b"<head", b"<body", b"<?xml")
 
-MAX_PICKLE_BYTES = 256 * 1024 * 1024  # data.pkl of the largest release (RN50x64) is well below 1 MiB
-MAX_CODE_BYTES = 256 * 1024 * 1024  # TorchScript source of one class file
+MAX_PICKLE_BYTES = 64 * 1024 * 1024  # data.pkl of the largest release (RN50x64) is well below 1 MiB
+MAX_CODE_BYTES = 64 * 1024 * 1024  # TorchScript source of one class file (kilobytes in the release)
 MAX_INFLATE_RATIO = 64  # largest plausible expansion of a compressed tensor member
 MIN_INFLATE_ALLOWANCE = 1024 * 1024  # small compressed members may expand more than the ratio
 COPY_CHUNK_BYTES = 8 * 1024 * 1024  # mapped bytes copied (then released) at a time

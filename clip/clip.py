@@ -14,7 +14,7 @@ import torch
 from ._checkpoint import CheckpointError, is_torchscript_archive, materialize_, read_state_dict
 from ._download import _download, default_cache_dir
 from ._jit import load_jit
-from ._preprocess import _transform
+from ._preprocess import BICUBIC, _convert_image_to_rgb, _transform  # noqa: F401 - the original's names
 from ._tokenize import tokenize
 from .model import build_model
 

@@ -350,3 +350,16 @@ def test_torch_hub_local_source(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(clip, "load", lambda name, **kwargs: (name, kwargs))
     result = torch.hub.load(str(REPO_ROOT), "ViT_L_14_336px", source="local", device="cpu")
     assert result == ("ViT-L/14@336px", {"device": "cpu"})
+
+
+def test_the_original_module_names_stay_importable() -> None:
+    for name in (
+        "_MODELS",
+        "_download",
+        "_transform",
+        "_convert_image_to_rgb",
+        "BICUBIC",
+        "available_models",
+    ):
+        assert hasattr(clip_module, name), name
+    assert clip_module._transform(32).transforms[1].size == (32, 32)
