@@ -7,7 +7,8 @@
 """
 
 from . import model
+from ._preprocess import preprocess_batch
 from .clip import available_models, load, tokenize
 
-__all__ = ["available_models", "load", "tokenize", "model"]
+__all__ = ["available_models", "load", "tokenize", "preprocess_batch", "model"]
 __version__ = "1.0.0"

@@ -575,6 +575,9 @@ def build_model(state_dict: Mapping[str, torch.Tensor], *, share_memory: bool = 
     no CLIP.
     """
     weights = {k: v for k, v in state_dict.items() if k not in SCALAR_KEYS}
+    not_tensors = sorted(k for k, v in weights.items() if not isinstance(v, torch.Tensor))
+    if not_tensors:
+        raise ValueError(f"state dict entries must be tensors; these are not: {not_tensors[:10]}")
     dims = CLIPDimensions.from_state_dict(weights)
     with torch.device("meta"):
         model = CLIP(**vars(dims))
@@ -585,8 +588,6 @@ def build_model(state_dict: Mapping[str, torch.Tensor], *, share_memory: bool = 
     assigned = {}
     for key, target in expected.items():
         tensor = weights[key]
-        if not isinstance(tensor, torch.Tensor):
-            raise ValueError(f"state dict entry {key!r} is a {type(tensor).__name__}, not a tensor")
         converted = tensor.to(dtype=target.dtype)
         if converted is tensor and not share_memory:
             converted = tensor.clone()

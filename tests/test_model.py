@@ -409,12 +409,6 @@ def test_non_tensor_entry_with_shape_is_named(tiny_state_dicts: Dict[str, Any]) 
         build_model(given)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AttributeError,
-    reason="bug in clip/model.py: _check_keys_and_shapes reads .shape before the tensor check, so a "
-    "non-tensor value without .shape (a list) raises AttributeError instead of ValueError",
-)
 def test_non_tensor_entry_is_a_value_error(tiny_state_dicts: Dict[str, Any]) -> None:
     given = _tiny_vit_weights(tiny_state_dicts)
     given["transformer.resblocks.0.ln_1.bias"] = [0.0] * 128
