@@ -181,6 +181,27 @@ def is_torchscript_archive(path: PathLike) -> bool:
         return False
 
 
+def _refuse_zip_bomb(path: str, info: zipfile.ZipInfo) -> None:
+    """CheckpointError if a compressed member would expand beyond any plausible ratio."""
+    allowance = max(MIN_INFLATE_ALLOWANCE, MAX_INFLATE_RATIO * info.compress_size)
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > allowance:
+        raise CheckpointError(
+            f"{path!r}: compressed member {info.filename} declares {info.file_size} bytes from "
+            f"{info.compress_size} (more than {MAX_INFLATE_RATIO}x); refusing a possible zip bomb. "
+            "Checkpoints written by torch.save are never compressed: use the original file."
+        )
+
+
+def _has_compressed_members(path: str, zf: zipfile.ZipFile) -> bool:
+    """True if a member of a torch.save archive is compressed (torch never does it; other zip tools
+    may). Raises CheckpointError for a member that would inflate like a zip bomb."""
+    compressed = False
+    for info in zf.infolist():
+        _refuse_zip_bomb(path, info)
+        compressed = compressed or info.compress_type != zipfile.ZIP_STORED
+    return compressed
+
+
 # ----------------------------------------------------------------------------------------------
 # Tensor bytes inside the archive
 
@@ -261,12 +282,7 @@ class _ArchiveData:
             raw = torch.frombuffer(self._mapping(), dtype=torch.uint8, count=nbytes, offset=offset)
             flat = raw.view(dtype) if offset % itemsize == 0 else raw.clone().view(dtype)
         else:
-            allowance = max(MIN_INFLATE_ALLOWANCE, MAX_INFLATE_RATIO * info.compress_size)
-            if info.file_size > allowance:
-                raise CheckpointError(
-                    f"{self.path!r}: compressed member {info.filename} declares {info.file_size} bytes from "
-                    f"{info.compress_size} (more than {MAX_INFLATE_RATIO}x); refusing a possible zip bomb"
-                )
+            _refuse_zip_bomb(self.path, info)
             buffer = bytearray(nbytes)
             with self.zf.open(info) as member:
                 read = member.readinto(buffer)
@@ -600,7 +616,9 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
             root = _archive_root(path, zf)
             if _is_torchscript_zip(zf, root):
                 return _read_archive(path, zf, root, os.path.getsize(path))
-        return _unwrap(path, _torch_load(path, mmap=True))
+            compressed = _has_compressed_members(path, zf)
+        # compressed members cannot be memory-mapped: torch.load inflates them (sizes checked above)
+        return _unwrap(path, _torch_load(path, mmap=not compressed))
     if head.startswith(EMPTY_ZIP_MAGIC):
         raise CheckpointError(f"{path!r} is an empty zip archive, not a checkpoint")
     if _is_legacy_torch_file(head):

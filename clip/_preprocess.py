@@ -82,6 +82,10 @@ def preprocess_batch(
             `n_px` / `num_workers` is not an int.
         ValueError: `n_px` or `num_workers` is out of range.
         FileNotFoundError, OSError: a path does not exist or is not an image Pillow can read.
+        ValueError: an image is in a mode Pillow cannot resize or convert to RGB (e.g. "La").
+        PIL.Image.DecompressionBombError: a file declares more pixels than Pillow's limit
+            (`PIL.Image.MAX_IMAGE_PIXELS`, left as Pillow sets it).
+        Each message names the image's index (and path).
     """
     items = _check_images(images)
     _check_n_px(n_px)
@@ -185,7 +189,7 @@ def _run(work: Callable[[int], None], indices: List[int], workers: int) -> None:
 def _rgb_image(item: ImageInput, index: int, stages: Compose) -> Image.Image:
     """Resize, crop and convert one image (opening it first if it is a path)."""
     if isinstance(item, Image.Image):
-        return stages(item)
+        return _staged(item, index, stages)
     path = os.fspath(item)
     try:
         image = Image.open(path)
@@ -196,7 +200,24 @@ def _rgb_image(item: ImageInput, index: int, stages: Compose) -> Image.Image:
             image.load()
         except Exception as exc:
             raise _read_error(index, path, exc) from exc
+        return _staged(image, index, stages)
+
+
+def _staged(image: Image.Image, index: int, stages: Compose) -> Image.Image:
+    """`stages(image)`; a failure (a mode Pillow cannot resize or convert, a lazily opened file that
+    turns out truncated) is re-raised naming the image, with the original error as its cause."""
+    try:
         return stages(image)
+    except (OSError, ValueError) as exc:
+        filename = getattr(image, "filename", "")
+        where = f"preprocess_batch: image {index}" + (f" ({filename!r})" if filename else "")
+        where += f", mode {image.mode!r}, size {image.size}"
+        if isinstance(exc, OSError):
+            raise OSError(f"{where} could not be decoded ({type(exc).__name__}: {exc})") from exc
+        raise ValueError(
+            f"{where} cannot be preprocessed ({exc}); convert it to a mode Pillow can resize and "
+            "convert to RGB first (e.g. image.convert('LA') for 'La', then pass that)"
+        ) from exc
 
 
 def _read_error(index: int, path: Union[str, bytes], exc: Exception) -> Exception:

@@ -20,6 +20,10 @@ _tokenizer_lock = threading.Lock()
 
 # The original returns int32 from torch 1.8 on (int64 before).
 _INT32_SINCE = "1.8.0"
+# The "too long" message quotes the text, as the original's does; longer texts are quoted by their
+# first characters only (a multi-megabyte message helps no one).
+_QUOTED_TEXT_CHARS = 10_000
+_QUOTED_HEAD_CHARS = 200
 
 
 def get_tokenizer() -> SimpleTokenizer:
@@ -53,9 +57,10 @@ def _as_text_list(texts: Union[str, Iterable[str]]) -> List[str]:
             f"texts must be a str or an iterable of str, got {type(texts).__name__}; decode it to str first"
         )
     try:
-        items = list(texts)
+        iterator = iter(texts)
     except TypeError:
         raise TypeError(f"texts must be a str or an iterable of str, got {type(texts).__name__}") from None
+    items = list(iterator)  # an error raised by the iterable itself (a generator) propagates unchanged
     for index, item in enumerate(items):
         if not isinstance(item, str):
             raise TypeError(
@@ -73,6 +78,13 @@ def _checked_context_length(context_length: int) -> int:
     if length <= 0:
         raise ValueError(f"context_length must be a positive int, got {length}")
     return length
+
+
+def _quoted(text: str) -> str:
+    """`text` as the "too long" message quotes it: whole, or its start and length if very long."""
+    if len(text) <= _QUOTED_TEXT_CHARS:
+        return text
+    return f"{text[:_QUOTED_HEAD_CHARS]}... ({len(text):,} characters; pass truncate=True to keep the start)"
 
 
 def tokenize(
@@ -115,7 +127,7 @@ def tokenize(
         row = packed_row(text, limit)
         if len(row) > row_bytes:
             if not truncate:
-                raise RuntimeError(f"Input {text} is too long for context length {context_length}")
+                raise RuntimeError(f"Input {_quoted(text)} is too long for context length {context_length}")
             row = row[: row_bytes - _ID_BYTES] + eot
         buffer[start : start + len(row)] = row
         start += row_bytes

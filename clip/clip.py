@@ -70,6 +70,7 @@ def load(
         RuntimeError: the name is neither a released model nor an existing file ("Model ... not
             found; available models = [...]"), or the device is not available.
         ValueError: a malformed device string or an unsupported dtype.
+        TypeError: `name`, `jit` or `download_root` of the wrong type.
         CheckpointError: (a RuntimeError and ValueError) the file is not a usable CLIP checkpoint;
             the message says why and what to do. UnsafeCheckpointError if it asks to run code.
         DownloadError: the download failed or did not verify.
@@ -80,6 +81,11 @@ def load(
         raise TypeError(f"name must be a model name or a file path (str), not {type(name).__name__}")
     if not isinstance(jit, bool):
         raise TypeError(f"jit must be True or False, not {jit!r}")
+    if download_root is not None and not isinstance(download_root, (str, os.PathLike)):
+        raise TypeError(
+            f"download_root must be a directory path (str or os.PathLike) or None, not "
+            f"{type(download_root).__name__}"
+        )
     target = _resolve_device(device)
     cast = _resolve_dtype(dtype, jit)
     model_path = _resolve_path(name, download_root)
@@ -141,6 +147,8 @@ def _resolve_device(device: Union[str, torch.device, int, None]) -> torch.device
                 "(or a torch.device)"
             ) from exc
     elif isinstance(device, int) and not isinstance(device, bool):
+        if device < 0:
+            raise ValueError(f"device index {device} is negative; pass a CUDA device index >= 0, or 'cpu'")
         resolved = torch.device("cuda", device)  # torch's convention: an index names a CUDA device
     else:
         raise ValueError(f"device must be a string like 'cpu' or 'cuda:0', or a torch.device; got {device!r}")
@@ -194,6 +202,8 @@ def _resolve_path(name: str, download_root: Optional[str]) -> str:
         return name
     if os.path.isdir(name):
         raise CheckpointError(f"{name!r} is a directory; pass the path of a checkpoint file (.pt) inside it")
+    if os.path.exists(name):  # a device, a pipe, a socket: never read (it could block or never end)
+        raise CheckpointError(f"{name!r} is not a regular file; pass the path of a checkpoint file (.pt)")
     raise RuntimeError(f"Model {name} not found; available models = {available_models()}")
 
 

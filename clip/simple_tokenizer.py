@@ -12,9 +12,9 @@ What differs is speed, never output:
   has nothing to do, so the cleaned text is just the text with whitespace runs collapsed (see
   `_PLAIN_TEXT_EXCEPTIONS`). Every other text takes the original cleaning path.
 * Ids are cached per pre-token (and per whitespace-separated chunk of plain text) and per whole
-  text, in bounded caches, packed as int32 bytes so that a batch of rows is assembled with byte
-  copies instead of per-token Python work. (`cache` is kept as the original's, but only `bpe` fills
-  it: `encode` uses the private caches.)
+  text, in bounded caches (short words and texts only), packed as int32 bytes so that a batch of
+  rows is assembled with byte copies instead of per-token Python work. (`cache` is kept as the
+  original's, but only `bpe` fills it: `encode` uses the private caches.)
 * A word whose whole form is a vocabulary entry is that entry: checked against every entry of the
   released vocabulary, so this shortcut is only taken with that file.
 * `_packed_row(text, limit)` can stop once ``limit`` ids are known, cleaning long texts in pieces
@@ -87,6 +87,9 @@ _CACHED_TEXT_CHARS = 1024
 _NOT_A_MERGE = float("inf")  # rank of a pair that is not a merge
 _TEXT_CACHE_ENTRIES = 1 << 15
 _WORD_CACHE_ENTRIES = 1 << 17
+# Longer words and chunks are encoded every time, never cached: a few giant words (a megabyte of
+# letters without a space) must not pin their size in memory for the life of the process.
+_CACHED_WORD_CHARS = 64
 
 
 def _int32_typecode() -> str:
@@ -277,7 +280,8 @@ class SimpleTokenizer:
         else:
             encoder = self.encoder
             packed = _pack([encoder[s] for s in self._bpe_symbols(token)])
-        _bounded_store(self._word_cache, word, packed, _WORD_CACHE_ENTRIES)
+        if len(word) <= _CACHED_WORD_CHARS:
+            _bounded_store(self._word_cache, word, packed, _WORD_CACHE_ENTRIES)
         return packed
 
     # ------------------------------------------------------------------------------------ encoding
@@ -302,7 +306,8 @@ class SimpleTokenizer:
             return self._word_ids(chunk)
         get = self._word_cache.get
         packed = b"".join([get(w) or self._word_ids(w) for w in words])
-        _bounded_store(self._word_cache, chunk, packed, _WORD_CACHE_ENTRIES)
+        if len(chunk) <= _CACHED_WORD_CHARS:
+            _bounded_store(self._word_cache, chunk, packed, _WORD_CACHE_ENTRIES)
         return packed
 
     def _packed_ids(self, text: str) -> bytes:
