@@ -21,7 +21,7 @@ setup(
     license="MIT",
     python_requires=">=3.9",
     packages=find_packages(include=["clip", "clip.*"]),
-    package_data={"clip": ["bpe_simple_vocab_16e6.txt.gz"]},
+    package_data={"clip": ["bpe_simple_vocab_16e6.txt.gz", "CLIP.png"]},
     include_package_data=True,
     install_requires=read_requirements(),
     extras_require={
