@@ -24,13 +24,16 @@ PRINT_DIGITS_RTOL = 1e-6  # numpy prints 8 significant digits
 
 
 def _text_outputs(notebook: nbformat.NotebookNode) -> List[str]:
+    """Per cell: its stdout (one printed line may arrive in several stream messages) and results."""
     texts = []
     for cell in notebook.cells:
+        pieces = []
         for output in cell.get("outputs", []):
             if output.get("output_type") == "stream" and output.get("name") == "stdout":
-                texts.append(output["text"])
+                pieces.append(output["text"])
             elif "data" in output and "text/plain" in output["data"]:
-                texts.append(output["data"]["text/plain"])
+                pieces.append(output["data"]["text/plain"] + "\n")
+        texts.append("".join(pieces))
     return texts
 
 
