@@ -35,7 +35,17 @@ setup(
             "matplotlib",
             "scikit-image",
         ],
-        "dev": ["ruff", "pytest", "hypothesis", "numpy", "nbclient", "nbformat", "ipykernel", "matplotlib", "scikit-image"],
+        "dev": [
+            "ruff",
+            "pytest",
+            "hypothesis",
+            "numpy",
+            "nbclient",
+            "nbformat",
+            "ipykernel",
+            "matplotlib",
+            "scikit-image",
+        ],
     },
     entry_points={"console_scripts": ["clip=clip.__main__:main"]},
 )

@@ -403,6 +403,11 @@ class CLIP(nn.Module):
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """(N, 3, R, R) preprocessed images -> (N, embed_dim) unnormalised image features."""
         res = self.visual.input_resolution
+        if not isinstance(image, torch.Tensor):
+            raise TypeError(
+                f"encode_image expects a torch.Tensor of preprocessed images; got {type(image).__name__}. "
+                "Use the `preprocess` returned by clip.load and torch.stack the results."
+            )
         if image.dim() != 4 or image.shape[1] != 3 or tuple(image.shape[2:]) != (res, res):
             raise ValueError(
                 f"encode_image expects a batch of preprocessed images of shape (N, 3, {res}, {res}); "
@@ -418,9 +423,21 @@ class CLIP(nn.Module):
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
         """(N, L) token ids from clip.tokenize -> (N, embed_dim) unnormalised text features."""
-        if text.dim() != 2 or text.shape[1] > self.context_length or text.is_floating_point():
+        if not isinstance(text, torch.Tensor):
+            raise TypeError(
+                "encode_text expects a torch.Tensor of token ids from clip.tokenize; "
+                f"got {type(text).__name__}."
+            )
+        if (
+            text.dim() != 2
+            or not 0 < text.shape[1] <= self.context_length
+            or text.is_floating_point()
+            or text.is_complex()
+            or text.dtype == torch.bool
+        ):
             raise ValueError(
-                f"encode_text expects integer token ids of shape (N, L) with L <= {self.context_length}, "
+                "encode_text expects integer token ids of shape (N, L) with "
+                f"1 <= L <= {self.context_length}, "
                 f"as clip.tokenize returns; got {text.dtype} of shape {tuple(text.shape)}."
             )
         if text.numel() and (int(text.min()) < 0 or int(text.max()) >= self.vocab_size):
