@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._bf16 import bf16_compute
+
 HEAD_WIDTH = 64  # every attention layer of the release uses 64-dim heads
 RESNET_TOTAL_STRIDE = 32  # ModifiedResNet reduces the input resolution 32x before attention pooling
 RESNET_EMBED_PER_WIDTH = 32  # final ResNet channels = width * 8 (4 stages) * 4 (bottleneck expansion)
@@ -419,7 +421,8 @@ class CLIP(nn.Module):
                 "the `preprocess` returned by clip.load (float, normalised) first.",
                 stacklevel=2,
             )
-        return self.visual(image.type(self.dtype))
+        with bf16_compute(image.device, self.dtype):  # fp32 products where the CPU has no bf16 units
+            return self.visual(image.type(self.dtype))
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
         """(N, L) token ids from clip.tokenize -> (N, embed_dim) unnormalised text features."""
@@ -445,13 +448,14 @@ class CLIP(nn.Module):
                 f"token ids must lie in [0, {self.vocab_size}); got values from {int(text.min())} to "
                 f"{int(text.max())}. Use clip.tokenize to make them."
             )
-        seq = text.shape[1]
-        x = self.token_embedding(text).type(self.dtype)  # (N, L, D)
-        x = x + self.positional_embedding[:seq].type(self.dtype)
-        x = self.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)  # through (L, N, D) and back
-        x = self.ln_final(x).type(self.dtype)
-        # features at the end-of-text token, the largest id in each sequence
-        x = x[torch.arange(x.shape[0]), text.argmax(dim=-1)] @ self.text_projection  # (N, embed_dim)
+        with bf16_compute(text.device, self.dtype):  # fp32 products where the CPU has no bf16 units
+            seq = text.shape[1]
+            x = self.token_embedding(text).type(self.dtype)  # (N, L, D)
+            x = x + self.positional_embedding[:seq].type(self.dtype)
+            x = self.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)  # through (L, N, D) and back
+            x = self.ln_final(x).type(self.dtype)
+            # features at the end-of-text token, the largest id in each sequence
+            x = x[torch.arange(x.shape[0]), text.argmax(dim=-1)] @ self.text_projection  # (N, embed_dim)
         return x
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
