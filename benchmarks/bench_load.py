@@ -41,8 +41,13 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+try:
+    from benchmarks import _common
+except ImportError:  # run by path: benchmarks/ itself is first on sys.path
+    import _common  # type: ignore[no-redef]
+
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_ORACLE = "/work/oracle"
+DEFAULT_ORACLE = _common.DEFAULT_ORACLE
 DEFAULT_WORKDIR = "~/.cache/clip-bench"
 DEFAULT_REPEATS = 3
 SEED = 0
@@ -138,14 +143,8 @@ def _build(workdir_name: str) -> None:
 
 
 def _measure(side: str, archive: Path, oracle: str) -> Dict[str, Any]:
-    env = dict(os.environ)
-    if side == "original":
-        env["PYTHONPATH"] = oracle
-        cwd = tempfile.gettempdir()  # our own clip/ must not shadow the original
-    else:
-        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-        cwd = str(REPO)
-    env["PYTHONWARNINGS"] = "ignore"
+    # the original's working directory is outside the repository: our own clip/ must not shadow it
+    env, cwd = _common.side_env(side, oracle)
     done = subprocess.run(
         [sys.executable, "-c", _CHILD, str(archive)], cwd=cwd, env=env, capture_output=True, text=True
     )
@@ -168,11 +167,7 @@ def run(
     oracle: Optional[str] = None, workdir: Optional[str] = None, repeats: int = DEFAULT_REPEATS
 ) -> Dict[str, Any]:
     """Measure both sides; return the figures (seconds, peak bytes, ratios) as a dict."""
-    oracle = oracle or os.environ.get("CLIP_ORACLE_PATH") or DEFAULT_ORACLE
-    if not (Path(oracle) / "clip" / "clip.py").is_file():
-        raise FileNotFoundError(
-            f"no original clip package in {oracle}; see the module docstring to install it"
-        )
+    oracle = _common.resolve_oracle(oracle)
     archive = build_archive(Path(os.path.expanduser(workdir or DEFAULT_WORKDIR)))
     _warm_page_cache(archive)
     runs: Dict[str, List[Dict[str, Any]]] = {"ours": [], "original": []}

@@ -42,7 +42,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-DEFAULT_ORACLE = "/work/oracle"
+try:
+    from benchmarks import _common
+except ImportError:  # run by path as a worker process: benchmarks/ itself is first on sys.path
+    import _common  # type: ignore[no-redef]
+
+DEFAULT_ORACLE = _common.DEFAULT_ORACLE
 DEFAULT_COUNT = 64
 DEFAULT_THREADS = 2
 DEFAULT_REPEATS = 3
@@ -121,7 +126,7 @@ class _Original:
             str(n_px),
         ]
         # cwd outside the repository and the oracle alone on PYTHONPATH: `clip` must be the original.
-        env = {**os.environ, "PYTHONPATH": oracle, "PYTHONWARNINGS": "ignore"}
+        env = _common.oracle_env(oracle)[0]
         self.process = subprocess.Popen(
             command, cwd=workdir, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
@@ -174,13 +179,7 @@ def run(
 
     Raises AssertionError if the two outputs are not identical.
     """
-    oracle = oracle or os.environ.get("CLIP_ORACLE_PATH") or DEFAULT_ORACLE
-    if not (Path(oracle) / "clip" / "clip.py").is_file():
-        raise FileNotFoundError(
-            f"no original `clip` package in {oracle!r}; install it with "
-            f"`pip install --no-deps --target {oracle} clip-anytorch` (setuptools<81), "
-            "or point --oracle / CLIP_ORACLE_PATH at it"
-        )
+    oracle = _common.resolve_oracle(oracle)
     torch_threads = sorted({threads, 1}, reverse=True)
     load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     # (wall, CPU) seconds of each timed pass

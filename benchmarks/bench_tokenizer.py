@@ -41,9 +41,14 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+try:
+    from benchmarks import _common
+except ImportError:  # run by path as a worker process: benchmarks/ itself is first on sys.path
+    import _common  # type: ignore[no-redef]
+
 REPO = Path(__file__).resolve().parents[1]
 VOCAB = REPO / "clip" / "bpe_simple_vocab_16e6.txt.gz"
-DEFAULT_ORACLE = "/work/oracle"
+DEFAULT_ORACLE = _common.DEFAULT_ORACLE
 DEFAULT_COUNT = 10_000
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_SEED = 0
@@ -189,7 +194,7 @@ def _run_side(
     ]
     # The working directory is outside the repository and `root` alone leads PYTHONPATH, so that
     # `import clip` is the side's own package.
-    env = {**os.environ, "PYTHONPATH": root}
+    env = _common.oracle_env(root)[0] if side == "original" else {**os.environ, "PYTHONPATH": root}
     done = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"the {side} benchmark process failed:\n{done.stdout}\n{done.stderr}")
@@ -208,13 +213,7 @@ def run(
     """
     import torch
 
-    oracle = oracle or os.environ.get("CLIP_ORACLE_PATH") or DEFAULT_ORACLE
-    if not (Path(oracle) / "clip" / "simple_tokenizer.py").is_file():
-        raise FileNotFoundError(
-            f"no original `clip` package in {oracle!r}; install it with "
-            f'`pip install --no-deps --target {oracle} clip-anytorch "setuptools<81"`, '
-            "or point --oracle / CLIP_ORACLE_PATH at it"
-        )
+    oracle = _common.resolve_oracle(oracle)
     captions = make_captions(count, seed)
     with tempfile.TemporaryDirectory(prefix="clip-bench-tokenizer-") as tmp:
         workdir = Path(tmp)
