@@ -366,6 +366,8 @@ class CLIP(nn.Module):
 
     def initialize_parameters(self) -> None:
         """The release's initialisation (used for training from scratch, skipped when loading)."""
+        if self.token_embedding.weight.is_meta:  # built by build_model: no values to initialise
+            return
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         nn.init.normal_(self.positional_embedding, std=0.01)
 
