@@ -6,6 +6,18 @@ from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
 
+# What the test suite needs beyond the runtime requirements: notebooks run through nbclient.
+TEST_REQUIREMENTS = [
+    "pytest",
+    "hypothesis",
+    "numpy",
+    "nbclient",
+    "nbformat",
+    "ipykernel",
+    "matplotlib",
+    "scikit-image",
+]
+
 
 def read_requirements() -> list:
     lines = (HERE / "requirements.txt").read_text(encoding="utf-8").splitlines()
@@ -24,28 +36,6 @@ setup(
     package_data={"clip": ["bpe_simple_vocab_16e6.txt.gz", "CLIP.png"]},
     include_package_data=True,
     install_requires=read_requirements(),
-    extras_require={
-        "test": [
-            "pytest",
-            "hypothesis",
-            "numpy",
-            "nbclient",
-            "nbformat",
-            "ipykernel",
-            "matplotlib",
-            "scikit-image",
-        ],
-        "dev": [
-            "ruff",
-            "pytest",
-            "hypothesis",
-            "numpy",
-            "nbclient",
-            "nbformat",
-            "ipykernel",
-            "matplotlib",
-            "scikit-image",
-        ],
-    },
+    extras_require={"test": TEST_REQUIREMENTS, "dev": ["ruff", *TEST_REQUIREMENTS]},
     entry_points={"console_scripts": ["clip=clip.__main__:main"]},
 )

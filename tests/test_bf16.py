@@ -4,10 +4,9 @@ Each test sets whether the CPU "has" native bf16 by patching `native_bf16_suppor
 branches run on any machine. The reference is torch's own bf16 kernels (`CLIP_CPU_BF16_KERNELS=torch`).
 """
 
-import importlib.util
-from pathlib import Path
-from typing import Any, Dict, Iterator
+from typing import Dict, Iterator
 
+import _model_factory as factory
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,19 +14,8 @@ import torch.nn.functional as F
 import clip._bf16 as bf16
 from clip.model import build_model
 
-HERE = Path(__file__).resolve().parent
 MIN_COSINE_TO_TORCH_BF16 = 0.9999  # the same arithmetic, summed in another order
 MIN_COSINE_TO_FP32 = 0.999  # issue 6's bar for bf16 features
-
-
-def _load_factory() -> Any:
-    spec = importlib.util.spec_from_file_location("_clip_test_model_factory", HERE / "_model_factory.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-factory = _load_factory()
 
 
 @pytest.fixture

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
+from _faults import DiskFullFile
 from _http_server import HTML_PAGE, OMIT_LENGTH, FileServer, sha256_hex
 
 import clip._download as dl
@@ -499,28 +500,6 @@ def test_read_only_cache_real_chmod(
     assert _files(tmp_path) == []
 
 
-class _DiskFullFile:
-    """Wraps a real file; writes fail with ENOSPC once `capacity` bytes have been written."""
-
-    def __init__(self, real: Any, capacity: int) -> None:
-        self._real, self._left = real, capacity
-
-    def write(self, data: bytes) -> int:
-        if len(data) > self._left:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self._left -= len(data)
-        return self._real.write(data)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
-
-    def __enter__(self) -> "_DiskFullFile":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._real.close()
-
-
 def test_disk_full_while_writing(
     http_server: FileServer, payload: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -530,7 +509,7 @@ def test_disk_full_while_writing(
     def fake_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
         handle = real_open(file, mode, *args, **kwargs)
         if str(file).endswith(dl.PARTIAL_SUFFIX) and "b" in mode and mode[0] in "wa":
-            return _DiskFullFile(handle, capacity=100_000)
+            return DiskFullFile(handle, capacity=100_000)
         return handle
 
     monkeypatch.setattr(builtins, "open", fake_open)

@@ -110,6 +110,7 @@ from _checkpoints import (
     rewrite_zip,
     save_state_dict,
 )
+from _faults import DiskFullFile
 from _http_server import FileServer, sha256_hex
 from _images import make_image, make_smooth_rgb
 from PIL import Image
@@ -928,35 +929,13 @@ def test_download_read_only_cache(served: Dict[str, Any], monkeypatch: pytest.Mo
     assert served["server"].requests == []
 
 
-class _FullDisk:
-    """A file whose writes fail with ENOSPC once `capacity` bytes are written."""
-
-    def __init__(self, real: Any, capacity: int) -> None:
-        self._real, self._left = real, capacity
-
-    def write(self, data: bytes) -> int:
-        if len(data) > self._left:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self._left -= len(data)
-        return self._real.write(data)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
-
-    def __enter__(self) -> "_FullDisk":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._real.close()
-
-
 def test_download_disk_full(served: Dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     real_open = builtins.open
 
     def open_on_full_disk(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
         handle = real_open(file, mode, *args, **kwargs)
         if str(file).endswith(dl.PARTIAL_SUFFIX) and mode[0] in "wa":
-            return _FullDisk(handle, capacity=1 << 20)
+            return DiskFullFile(handle, capacity=1 << 20)
         return handle
 
     monkeypatch.setattr(builtins, "open", open_on_full_disk)
