@@ -19,7 +19,6 @@ these hold; otherwise it is a no-op context:
 """
 
 import contextlib
-import functools
 import os
 from typing import Any, Callable, ContextManager, Dict, Optional, Sequence
 
@@ -47,13 +46,18 @@ _PRODUCTS = frozenset(
 )
 
 
-@functools.cache
+_native_bf16: Optional[bool] = None  # asked once, on first use
+
+
 def native_bf16_supported() -> bool:
     """Whether torch has fast bf16 matrix kernels on this CPU (oneDNN with AVX512-BF16 or AMX)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch without the query: leave its kernels alone
-        return True
+    global _native_bf16
+    if _native_bf16 is None:
+        try:
+            _native_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):  # a torch without the query: leave its kernels alone
+            _native_bf16 = True
+    return _native_bf16
 
 
 def _cpu_autocast_bf16() -> bool:

@@ -168,3 +168,16 @@ def test_hooks_fire_and_modules_stay_plain(
     finally:
         handle.remove()
     assert seen == [torch.bfloat16]
+
+
+def test_trace_and_compile_see_the_same_numbers(
+    models: Dict[str, Dict[str, torch.nn.Module]], slow_bf16_cpu: None
+) -> None:
+    model = models["tiny-vit"]["bf16"]
+    images = _inputs(model)["image"].bfloat16()
+    with torch.no_grad():
+        eager = model.encode_image(images)
+        traced = torch.jit.trace(model.visual, images)  # the mode is not entered by visual alone
+        compiled = torch.compile(model.encode_image, backend="eager")  # dynamo through the mode
+        torch.testing.assert_close(traced(images), model.visual(images), rtol=0, atol=0)
+        torch.testing.assert_close(compiled(images), eager, rtol=0, atol=0)
