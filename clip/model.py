@@ -306,6 +306,12 @@ class VisionTransformer(nn.Module):
         return x
 
 
+def _tracing() -> bool:
+    """Whether torch.jit.trace, torch.compile or torch.export is tracing: value checks must not run."""
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
+    return torch.jit.is_tracing() or is_compiling()
+
+
 class CLIP(nn.Module):
     """The two towers and the learned temperature."""
 
@@ -412,7 +418,12 @@ class CLIP(nn.Module):
                 f"encode_image expects a torch.Tensor of preprocessed images; got {type(image).__name__}. "
                 "Use the `preprocess` returned by clip.load and torch.stack the results."
             )
-        if image.dim() != 4 or image.shape[1] != 3 or tuple(image.shape[2:]) != (res, res):
+        if (
+            not torch.jit.is_tracing()
+            and (  # traced shapes are tensors: checked once, before tracing
+                image.dim() != 4 or image.shape[1] != 3 or tuple(image.shape[2:]) != (res, res)
+            )
+        ):
             raise ValueError(
                 f"encode_image expects a batch of preprocessed images of shape (N, 3, {res}, {res}); "
                 f"got {tuple(image.shape)}. Use the `preprocess` returned by clip.load and stack the results."
@@ -435,7 +446,7 @@ class CLIP(nn.Module):
             )
         if (
             text.dim() != 2
-            or not 0 < text.shape[1] <= self.context_length
+            or not (torch.jit.is_tracing() or 0 < text.shape[1] <= self.context_length)
             or text.is_floating_point()
             or text.is_complex()
             or text.dtype == torch.bool
@@ -445,7 +456,7 @@ class CLIP(nn.Module):
                 f"1 <= L <= {self.context_length}, "
                 f"as clip.tokenize returns; got {text.dtype} of shape {tuple(text.shape)}."
             )
-        if text.numel() and (int(text.min()) < 0 or int(text.max()) >= self.vocab_size):
+        if not _tracing() and text.numel() and (int(text.min()) < 0 or int(text.max()) >= self.vocab_size):
             raise ValueError(
                 f"token ids must lie in [0, {self.vocab_size}); got values from {int(text.min())} to "
                 f"{int(text.max())}. Use clip.tokenize to make them."

@@ -14,6 +14,7 @@ import math
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Tuple
 
@@ -600,3 +601,36 @@ def test_quick_gelu_and_fp32_layer_norm() -> None:
     assert torch.equal(out, expected)
     norm_bf16 = LayerNorm(8).to(torch.bfloat16)  # bf16 weights and input: no mixed-dtype error
     assert norm_bf16(torch.ones(2, 8, dtype=torch.bfloat16)).dtype == torch.bfloat16
+
+
+class _Tower(nn.Module):
+    """encode_image or encode_text as a module's forward, for torch.export and torch.jit.trace."""
+
+    def __init__(self, model: CLIP, tower: str) -> None:
+        super().__init__()
+        self.model, self.tower = model, tower
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(x) if self.tower == "image" else self.model.encode_text(x)
+
+
+@pytest.mark.parametrize("tower", ["image", "text"])
+def test_encoders_export_trace_and_compile(tower: str, tiny_vit: CLIP) -> None:
+    """The input checks must not break tracing: torch.export fails on data-dependent checks."""
+    golden = load_golden("tiny-vit")
+    images = factory.make_images(
+        tiny_vit.visual.input_resolution, golden["image_seed"], golden["image_batch"]
+    )
+    x = images if tower == "image" else golden["tokens"]
+    module = _Tower(tiny_vit, tower).eval()
+    with torch.no_grad():
+        eager = module(x)
+        exported = torch.export.export(module, (x,)).module()
+        torch.testing.assert_close(exported(x), eager, rtol=0, atol=0)
+        compiled = torch.compile(module, backend="eager", fullgraph=True)
+        torch.testing.assert_close(compiled(x), eager, rtol=0, atol=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", torch.jit.TracerWarning)  # no tensor-to-bool conversions
+            warnings.filterwarnings("ignore", category=FutureWarning)  # trace itself is deprecated
+            traced = torch.jit.trace(module, x)
+        torch.testing.assert_close(traced(x), eager, rtol=0, atol=0)
