@@ -121,16 +121,6 @@ def pattern_image() -> Image.Image:
     return Image.fromarray(pixels, "RGB")
 
 
-def digest(tensors: Dict[str, torch.Tensor]) -> str:
-    """SHA256 over (key, dtype, shape, bytes) in key order."""
-    h = hashlib.sha256()
-    for key in sorted(tensors):
-        tensor = tensors[key].detach().contiguous()
-        h.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 def image_sha256(image: Image.Image) -> str:
     """SHA256 of the RGB pixel bytes of `image`."""
     return hashlib.sha256(np.asarray(image.convert("RGB")).tobytes()).hexdigest()

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 from _checkpoints import release_archive, tiny_state_dict
+from _golden import digest
 from _published import (
     CLIP_PNG,
     GOLDEN_ATOL,
     GOLDEN_RTOL,
     REGENERATE,
-    digest,
     load_golden,
     readme_label_probs,
     released_model,

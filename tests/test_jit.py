@@ -1,6 +1,5 @@
 """jit=True: the archive's TorchScript module, its GPU-traced graph constants patched for the device."""
 
-import hashlib
 import warnings
 from pathlib import Path
 from typing import Iterator, List
@@ -8,6 +7,7 @@ from typing import Iterator, List
 import pytest
 import torch
 from _checkpoints import example_inputs, release_archive, save_state_dict, tiny_model, tiny_state_dict
+from _golden import digest
 
 import clip
 from clip._jit import FLOAT, HALF, load_jit, patch_device, patch_half_to_float
@@ -167,23 +167,14 @@ def test_load_jit_on_cuda_keeps_fp16() -> None:
 # Against the original: tests/data/load_golden.pt, made by tests/data/make_load_golden.py
 
 
-def _digest(tensors: "dict[str, torch.Tensor]") -> str:
-    h = hashlib.sha256()
-    for key in sorted(tensors):
-        tensor = tensors[key].detach().contiguous()
-        h.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 @pytest.mark.parametrize("jit", [False, True], ids=["python", "jit"])
 @pytest.mark.parametrize("arch", ["vit", "resnet"])
 def test_load_matches_the_original(arch: str, jit: bool) -> None:
     golden = torch.load(GOLDEN, weights_only=True)[arch]
     images, tokens = example_inputs(arch)
     stale = "tests/data/load_golden.pt is stale: rerun tests/data/make_load_golden.py"
-    assert _digest(tiny_state_dict(arch)) == golden["state_sha256"], stale
-    assert _digest({"images": images, "tokens": tokens}) == golden["inputs_sha256"], stale
+    assert digest(tiny_state_dict(arch)) == golden["state_sha256"], stale
+    assert digest({"images": images, "tokens": tokens}) == golden["inputs_sha256"], stale
     model, _ = clip.load(str(release_archive(arch)), device="cpu", jit=jit)
     expected = golden["jit" if jit else "python"]
     with torch.no_grad():

@@ -15,6 +15,7 @@ from typing import Any, Callable, List, Sequence, Tuple
 import numpy as np
 import pytest
 from _checkpoints import release_archive, tiny_state_dict
+from _golden import digest
 from _published import (
     CIFAR_IMAGE_INDEX,
     CLIP_PNG,
@@ -28,7 +29,6 @@ from _published import (
     REGENERATE,
     cifar100_test_set,
     cifar_top5,
-    digest,
     image_sha256,
     load_golden,
     pattern_image,

@@ -14,9 +14,7 @@ that the test can tell stale golden data from a regression.
 """
 
 import argparse
-import hashlib
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -47,22 +45,13 @@ torch.save(out, sys.argv[2])
 """
 
 
-def digest(tensors: "dict[str, torch.Tensor]") -> str:
-    """SHA256 over (key, dtype, shape, bytes) in key order."""
-    h = hashlib.sha256()
-    for key in sorted(tensors):
-        tensor = tensors[key].detach().contiguous()
-        h.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--oracle", default=os.environ.get("CLIP_ORACLE_PATH", "/work/oracle"))
     args = parser.parse_args()
     sys.path.insert(0, str(TESTS))
     from _checkpoints import example_inputs, release_archive, tiny_state_dict
+    from _golden import digest, run_oracle_script
 
     golden = {}
     jobs = {}
@@ -76,13 +65,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         jobs_path, out_path = Path(scratch) / "jobs.pt", Path(scratch) / "out.pt"
         torch.save(jobs, jobs_path)
-        env = {**os.environ, "PYTHONPATH": args.oracle, "PYTHONWARNINGS": "ignore"}
-        subprocess.run(
-            [sys.executable, "-c", _ORACLE_SCRIPT, str(jobs_path), str(out_path)],
-            cwd=scratch,
-            env=env,
-            check=True,
-        )
+        run_oracle_script(_ORACLE_SCRIPT, [str(jobs_path), str(out_path)], scratch, args.oracle)
         results = torch.load(out_path)
     for arch in ARCHES:
         golden[arch].update(results[arch])

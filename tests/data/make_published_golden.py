@@ -24,7 +24,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -95,7 +94,8 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, str(TESTS))
     from _checkpoints import release_archive, tiny_state_dict
-    from _published import CIFAR_TEMPLATE, CLIP_PNG, README_TEXTS, digest, image_sha256, pattern_image
+    from _golden import digest, run_oracle_script
+    from _published import CIFAR_TEMPLATE, CLIP_PNG, README_TEXTS, image_sha256, pattern_image
 
     classes = list(_load_by_path("_datasets", REPO / "notebooks" / "_datasets.py").CIFAR100_CLASSES)
     pattern = pattern_image()
@@ -112,13 +112,7 @@ def main() -> None:
         }
         job_path, out_path = Path(scratch) / "job.json", Path(scratch) / "out.json"
         job_path.write_text(json.dumps(job), encoding="utf-8")
-        env = {**os.environ, "PYTHONPATH": args.oracle, "PYTHONWARNINGS": "ignore"}
-        subprocess.run(
-            [sys.executable, "-c", _ORACLE_SCRIPT, str(job_path), str(out_path)],
-            cwd=scratch,
-            env=env,
-            check=True,
-        )
+        run_oracle_script(_ORACLE_SCRIPT, [str(job_path), str(out_path)], scratch, args.oracle)
         results = json.loads(out_path.read_text(encoding="utf-8"))
 
     golden = {
