@@ -1,7 +1,7 @@
 """Public entry points of the release: `available_models`, `load`, `tokenize`.
 
 This module keeps every name the original `clip.clip` exposes importable from the same path
-(`_MODELS`, `_download`, `_transform`, `_convert_image_to_rgb`, `BICUBIC`, `_tokenizer`).
+(`_MODELS`, `_download`, `_transform`, `_convert_image_to_rgb`, `BICUBIC`, `_Tokenizer`, `_tokenizer`).
 The work itself lives in private modules, one per concern.
 """
 
@@ -17,6 +17,7 @@ from ._jit import load_jit
 from ._preprocess import BICUBIC, _convert_image_to_rgb, _transform  # noqa: F401 - the original's names
 from ._tokenize import tokenize
 from .model import build_model
+from .simple_tokenizer import SimpleTokenizer as _Tokenizer  # noqa: F401 - the original's name
 
 __all__ = ["available_models", "load", "tokenize"]
 

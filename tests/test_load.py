@@ -359,7 +359,11 @@ def test_the_original_module_names_stay_importable() -> None:
         "_transform",
         "_convert_image_to_rgb",
         "BICUBIC",
+        "_Tokenizer",
+        "_tokenizer",
         "available_models",
     ):
         assert hasattr(clip_module, name), name
+    assert clip_module._Tokenizer is clip.simple_tokenizer.SimpleTokenizer
+    assert isinstance(clip_module._tokenizer, clip_module._Tokenizer)
     assert clip_module._transform(32).transforms[1].size == (32, 32)
