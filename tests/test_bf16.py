@@ -4,7 +4,7 @@ Each test sets whether the CPU "has" native bf16 by patching `native_bf16_suppor
 branches run on any machine. The reference is torch's own bf16 kernels (`CLIP_CPU_BF16_KERNELS=torch`).
 """
 
-from typing import Dict, Iterator
+from typing import Any, Dict, Iterator, List
 
 import _model_factory as factory
 import pytest
@@ -181,3 +181,27 @@ def test_trace_and_compile_see_the_same_numbers(
         compiled = torch.compile(model.encode_image, backend="eager")  # dynamo through the mode
         torch.testing.assert_close(traced(images), model.visual(images), rtol=0, atol=0)
         torch.testing.assert_close(compiled(images), eager, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("tower", ["image", "text"])
+def test_encoders_route_their_products_through_the_fallback(
+    tower: str,
+    models: Dict[str, Dict[str, torch.nn.Module]],
+    slow_bf16_cpu: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    widened: List[str] = []
+
+    class Spy(bf16._Float32Products):
+        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            if func in bf16._PRODUCTS:
+                widened.append(getattr(func, "__name__", str(func)))
+            return super().__torch_function__(func, types, args, kwargs)
+
+    monkeypatch.setattr(bf16, "_Float32Products", Spy)
+    model = models["tiny-vit"]["bf16"]
+    x = _inputs(model)[tower]
+    _encode(model, tower, x.bfloat16() if x.is_floating_point() else x)
+    assert "linear" in widened and "scaled_dot_product_attention" in widened
+    if tower == "image":
+        assert "conv2d" in widened
