@@ -243,7 +243,8 @@ class _Side:
         self.process = subprocess.Popen(
             command, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
         )
-        self.hello = self._read()
+        if not self._read().get("ready"):  # the worker's first line: its model factory and inputs are loaded
+            raise RuntimeError(f"the {side} benchmark process did not start")
 
     def _read(self) -> Dict[str, Any]:
         line = self.process.stdout.readline()
