@@ -10,10 +10,11 @@ offline, a missing file is reported at once instead of after a network timeout.
 """
 
 import argparse
+import importlib
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional, Sequence, TextIO
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, TextIO
 
 if TYPE_CHECKING:
     import numpy as np
@@ -108,8 +109,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Subcommands: `clip NAME ...` runs `main(argv)` of the module named here (imported only when used).
+# Any other first argument is the default job's (images and labels). A file whose name equals a
+# subcommand is reached as ``./NAME``.
+SUBCOMMANDS: Dict[str, str] = {}
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line with `argv` (default: ``sys.argv[1:]``); return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        module = importlib.import_module(SUBCOMMANDS[argv[0]])
+        return module.main(argv[1:])
     parser = _parser()
     try:
         args = parser.parse_args(argv)
