@@ -38,12 +38,13 @@ __all__ = [
 # fp16 weights cast up, so the error is the rounding of activations to fp16 (unit roundoff
 # u = 2**-11 ~ 4.9e-4) after every product, attention and residual sum (LayerNorm and the products'
 # accumulation stay fp32). Those roundings are independent, so they add up like a random walk:
-# about 5 per block times 12 blocks gives u * sqrt(60) ~ 4e-3 expected. Measured with fp16 on the
-# CPU against fp32 (tests/test_cuda_checks.py, seeded random weights of _model_factory): at most
-# 1.4e-3 (ViT-B/32 image tower), 1.3e-3 (RN50, text tower), 1.3e-3 (tiny models). 1e-2 leaves a
-# factor of ~7 above what was measured for other kernels' rounding orders (cuBLAS, fused
-# attention), and is still ~25x below what a real defect (a wrong mask, a wrong cast, a skipped
-# layer) gives: those change features by tens of percent. It implies a cosine similarity of at
+# about 5 per block times 12 blocks gives a scale of u * sqrt(60) ~ 4e-3. Measured with fp16
+# activations on the CPU against fp32 (the encoders of `build_model(make_state_dict(name, 0))`
+# before and after `.float()`, 4 images and 4 texts): ViT-B/32 1.0e-3 (image), 1.3e-3 (text);
+# RN50 1.3e-3 (image), 1.2e-3 (text); tiny-vit / tiny-rn at most 1.2e-3
+# (tests/test_cuda_checks.py checks the tiny ones). 1e-2 leaves a factor of ~8 for other kernels'
+# rounding orders (cuBLAS, fused attention) and stays well below what a real defect (a missing
+# mask, a wrong cast, a skipped layer) does: tens of percent. It implies a cosine similarity of at
 # least 1 - 1e-2**2 / 2 = 0.99995 per row.
 FP16_FEATURE_REL_ERR = 1e-2
 
