@@ -840,8 +840,13 @@ def _met(ok: Optional[bool]) -> str:
     return "-" if ok is None else ("yes" if ok else "**no**")
 
 
-def _num(value: Optional[float], digits: int = 0) -> str:
-    return "-" if value is None else f"{value:,.{digits}f}"
+def _num(value: Optional[float], digits: Optional[int] = None) -> str:
+    """`digits` decimals, or for rates (digits None): whole numbers from 100 up, else 3 significant digits."""
+    if value is None:
+        return "-"
+    if digits is None:
+        return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+    return f"{value:,.{digits}f}"
 
 
 def _ratio(numerator: Optional[float], denominator: Optional[float]) -> str:

@@ -167,12 +167,15 @@ def _tiny_state(arch: str, seed: int) -> "OrderedDict[str, torch.Tensor]":
     return out
 
 
-def trace_model(model: CLIP) -> torch.jit.ScriptModule:
+def trace_model(model: CLIP, device: Union[str, torch.device] = "cpu") -> torch.jit.ScriptModule:
     """Trace `model` like the release: methods forward / encode_image / encode_text, the three
-    scalar entries as buffers, the causal mask as a constant (not a state-dict entry)."""
+    scalar entries as buffers, the causal mask as a constant (not a state-dict entry).
+
+    device: where the trace runs (the release was traced on a GPU; fp16 is slow on most CPUs).
+    """
     res, context = model.visual.input_resolution, model.context_length
-    model = _release_shaped_copy(model)
-    images, tokens = _inputs(res, context, seed=0, n_images=2, n_texts=3)
+    model = _release_shaped_copy(model).to(device)
+    images, tokens = (t.to(device) for t in _inputs(res, context, seed=0, n_images=2, n_texts=3))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation warnings
         return torch.jit.trace_module(
@@ -216,14 +219,16 @@ def save_torchscript_archive(
     *,
     cuda_constants: bool = True,
     storage_location: str = RELEASE_LOCATION,
+    device: Union[str, torch.device] = "cpu",
 ) -> Path:
     """Trace `model` and save it as a release-layout TorchScript archive at `path`.
 
     cuda_constants: rewrite the graphs' device constants to "cuda" as in the released files.
     storage_location: the device every storage record names (the release: "cuda:0").
+    device: where the trace runs; a trace on a GPU records its storages there already.
     """
     path = Path(path)
-    traced = trace_model(model)
+    traced = trace_model(model, device)
     if cuda_constants:
         _make_graphs_look_gpu_traced(traced)
     with warnings.catch_warnings():

@@ -65,7 +65,8 @@ def archive(name: str) -> Path:
     if name in TINY:
         return release_archive(TINY[name], SEED)
     path = _cache_dir() / f"full-{name.replace('/', '-')}-{SEED}.pt"
-    return save_torchscript_archive(build_model(make_state_dict(name, SEED)), path)
+    model = build_model(make_state_dict(name, SEED))
+    return save_torchscript_archive(model, path, device="cuda")  # fp16 traces are slow on CPUs
 
 
 def _dims(name: str):
