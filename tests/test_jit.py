@@ -167,6 +167,7 @@ def test_load_jit_on_cuda_keeps_fp16() -> None:
 # Against the original: tests/data/load_golden.pt, made by tests/data/make_load_golden.py
 
 
+@pytest.mark.golden
 @pytest.mark.parametrize("jit", [False, True], ids=["python", "jit"])
 @pytest.mark.parametrize("arch", ["vit", "resnet"])
 def test_load_matches_the_original(arch: str, jit: bool) -> None:

@@ -176,6 +176,7 @@ def golden_layouts() -> Dict[str, Dict[str, Any]]:
     return torch.load(DATA / "model_golden_layout.pt", weights_only=True)["layouts"]
 
 
+@pytest.mark.golden
 @pytest.mark.parametrize("name", RELEASED)
 def test_release_layout_keys_shapes_dtypes_and_counts(name: str, golden_layouts: Dict[str, Any]) -> None:
     with torch.device("meta"):
@@ -421,6 +422,7 @@ def test_non_tensor_entry_is_a_value_error(tiny_state_dicts: Dict[str, Any]) -> 
 # numerical parity with the original (golden outputs of clip-anytorch 2.6.0, fp32)
 
 
+@pytest.mark.golden
 @pytest.mark.parametrize("name", ["tiny-vit", "tiny-rn", "ViT-B/32", "RN50"])
 def test_parity_with_original(name: str, record_property: Any, request: pytest.FixtureRequest) -> None:
     golden = load_golden(name)
@@ -450,6 +452,7 @@ def test_parity_with_original(name: str, record_property: Any, request: pytest.F
     assert all(diff <= PARITY_ATOL for diff in diffs.values()), diffs
 
 
+@pytest.mark.golden
 def test_parity_check_can_fail(tiny_state_dicts: Dict[str, Any]) -> None:
     """Another seed gives clearly different outputs: the golden comparison is not vacuous."""
     golden = load_golden("tiny-vit")
@@ -479,6 +482,7 @@ def _low_precision_check(model: CLIP, golden: Dict[str, Any], images: torch.Tens
     assert logit_diff <= max_logit_diff
 
 
+@pytest.mark.golden
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", TINY)
 def test_low_precision_on_cpu_tiny(name: str, dtype: torch.dtype, tiny_state_dicts: Dict[str, Any]) -> None:
@@ -490,6 +494,7 @@ def test_low_precision_on_cpu_tiny(name: str, dtype: torch.dtype, tiny_state_dic
     _low_precision_check(model, golden, images, dtype)
 
 
+@pytest.mark.golden
 def test_bf16_on_cpu_vit_b32(vit_b32_state_dict: Dict[str, torch.Tensor]) -> None:
     """Issue 6: the full-size ViT-B/32 in bf16 on CPU, feature cosine >= 0.999 to fp32."""
     golden = load_golden("ViT-B/32")
