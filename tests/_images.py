@@ -5,6 +5,12 @@ the original's transform on `build_images()` and stores `summarize(...)` of each
 rebuilds the same images with this same code and compares. `image_digest` guards against the images
 themselves drifting (a different numpy or Pillow); if it trips, regenerate the golden file.
 
+The images are the same bytes on every CPU (golden files made on one machine are checked on
+others): pixels come from integer draws, and the one float computation (`make_smooth_rgb`) uses
+only exactly rounded IEEE-754 operations. The transform's outputs are compared bit for bit: PIL
+resamples 8-bit images in fixed-point integer arithmetic, and ToTensor/Normalize are a division,
+a subtraction and a division per value, each rounded exactly on every CPU.
+
 Only numpy, Pillow and torch are imported here, so the golden script can load this file by path
 while the original `clip` package is the one on `sys.path`.
 """
