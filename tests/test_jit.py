@@ -186,4 +186,7 @@ def test_load_matches_the_original(arch: str, jit: bool) -> None:
         }
     for key, value in expected.items():
         assert got[key].dtype == torch.float32, key  # the original's CPU results are fp32 too
+        # fp32 on both sides, golden made on another CPU: the tiny models' outputs move by ~1e-6
+        # relative between kernel paths (tests/test_model.py, PARITY_RTOL); the jit model also runs the
+        # original's fp16-traced graph ops in a different order. 1e-4 keeps a 100x margin on that.
         torch.testing.assert_close(got[key], value, atol=1e-4, rtol=1e-4, msg=key)
