@@ -11,7 +11,7 @@ import typing as _typing
 
 import clip as _clip
 
-dependencies = ["torch", "torchvision", "ftfy", "regex", "tqdm", "packaging", "PIL"]
+dependencies = ["torch", "torchvision", "ftfy", "regex", "tqdm", "PIL"]
 
 
 def _entry_point_name(model_name: str) -> str:

@@ -5,6 +5,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 HERE = Path(__file__).parent
+SUPPORTED_PYTHON_MINORS = (10, 11, 12, 13)  # Python 3.10 to 3.13, tested in CI at both ends
 
 # What the test suite needs beyond the runtime requirements: notebooks run through nbclient.
 TEST_REQUIREMENTS = [
@@ -25,13 +26,19 @@ def read_requirements() -> list:
 
 
 setup(
-    name="clip",
+    name="clip-faithful",  # PyPI's "clip" is an unrelated package; the import name stays `clip`
     version="1.0.0",
     description="Faithful, drop-in mirror of OpenAI's CLIP with safer, faster loading and tokenizing",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="MIT",
-    python_requires=">=3.9",
+    python_requires=">=3.10",
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        *(f"Programming Language :: Python :: 3.{minor}" for minor in SUPPORTED_PYTHON_MINORS),
+        "License :: OSI Approved :: MIT License",
+        "Operating System :: OS Independent",
+    ],
     packages=find_packages(include=["clip", "clip.*"]),
     package_data={"clip": ["bpe_simple_vocab_16e6.txt.gz", "CLIP.png"]},
     include_package_data=True,

@@ -6,9 +6,13 @@
 >>> tokens = clip.tokenize(["a diagram", "a dog", "a cat"])
 """
 
-from . import model
-from ._preprocess import preprocess_batch
-from .clip import available_models, load, tokenize
+from ._versions import check_installed
+
+check_installed()  # one clear ImportError on a too-old torch, before anything fails deep inside
+
+from . import model  # noqa: E402
+from ._preprocess import preprocess_batch  # noqa: E402
+from .clip import available_models, load, tokenize  # noqa: E402
 
 __all__ = ["available_models", "load", "tokenize", "preprocess_batch", "model"]
 __version__ = "1.0.0"

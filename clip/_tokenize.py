@@ -6,7 +6,6 @@ Nothing is built at import: the first call of `tokenize` (or `get_tokenizer`, or
 
 import operator
 import threading
-from functools import lru_cache
 from typing import Iterable, List, Optional, Union
 
 import torch
@@ -18,8 +17,8 @@ __all__ = ["get_tokenizer", "tokenize"]
 _tokenizer: Optional[SimpleTokenizer] = None
 _tokenizer_lock = threading.Lock()
 
-# The original returns int32 from torch 1.8 on (int64 before).
-_INT32_SINCE = "1.8.0"
+# The original returns int32 on every torch this package supports (it gave int64 on torch < 1.8).
+TOKEN_DTYPE = torch.int32
 # The "too long" message quotes the text, as the original's does; longer texts are quoted by their
 # first characters only (a multi-megabyte message helps no one).
 _QUOTED_TEXT_CHARS = 10_000
@@ -33,19 +32,9 @@ def get_tokenizer() -> SimpleTokenizer:
     if tokenizer is None:
         with _tokenizer_lock:
             if _tokenizer is None:
-                _token_dtype()  # the rest of the one-time setup
                 _tokenizer = SimpleTokenizer()
             tokenizer = _tokenizer
     return tokenizer
-
-
-@lru_cache
-def _token_dtype() -> torch.dtype:
-    from packaging import version
-
-    if version.parse(torch.__version__) < version.parse(_INT32_SINCE):
-        return torch.long
-    return torch.int
 
 
 def _as_text_list(texts: Union[str, Iterable[str]]) -> List[str]:
@@ -99,8 +88,8 @@ def tokenize(
             instead of raising.
 
     Returns:
-        A [number of texts, context_length] tensor: SOT, the ids, EOT, then zeros. dtype int32 (int64
-        on torch < 1.8).
+        A [number of texts, context_length] tensor: SOT, the ids, EOT, then zeros. dtype int32, as the
+        original's on every supported torch.
 
     Raises:
         RuntimeError: a text is too long for `context_length` and `truncate` is off (the original's
@@ -111,7 +100,7 @@ def tokenize(
     """
     items = _as_text_list(texts)
     length = _checked_context_length(context_length)
-    dtype = _token_dtype()
+    dtype = TOKEN_DTYPE
     if not items:
         return torch.zeros(0, length, dtype=dtype)
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
-from _model_factory import make_state_dict
+from _model_factory import UNIT_VARIANCE, exact_uniform, make_state_dict
 
 from clip.clip import _MODELS
 from clip.model import CLIP, build_model
@@ -118,7 +118,7 @@ def example_inputs(arch: str = "vit", seed: int = 0, n_images: int = 2, n_texts:
 
 def _inputs(res: int, context: int, seed: int, n_images: int, n_texts: int) -> Tuple:
     gen = torch.Generator().manual_seed(seed + 1)
-    images = torch.randn(n_images, 3, res, res, generator=gen)
+    images = exact_uniform((n_images, 3, res, res), gen, UNIT_VARIANCE)  # the same bits on every CPU
     tokens = torch.zeros(n_texts, context, dtype=torch.long)
     for row in range(n_texts):
         length = 3 + row * 2

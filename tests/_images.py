@@ -5,6 +5,12 @@ the original's transform on `build_images()` and stores `summarize(...)` of each
 rebuilds the same images with this same code and compares. `image_digest` guards against the images
 themselves drifting (a different numpy or Pillow); if it trips, regenerate the golden file.
 
+The images are the same bytes on every CPU (golden files made on one machine are checked on
+others): pixels come from integer draws, and the one float computation (`make_smooth_rgb`) uses
+only exactly rounded IEEE-754 operations. The transform's outputs are compared bit for bit: PIL
+resamples 8-bit images in fixed-point integer arithmetic, and ToTensor/Normalize are a division,
+a subtraction and a division per value, each rounded exactly on every CPU.
+
 Only numpy, Pillow and torch are imported here, so the golden script can load this file by path
 while the original `clip` package is the one on `sys.path`.
 """
@@ -45,6 +51,9 @@ HUGE_CASES = (("L", (1, 10000)), ("L", (10000, 1)))
 
 CHANNELS = {"RGB": 3, "YCbCr": 3, "RGBA": 4, "CMYK": 4, "LA": 2, "L": 1}
 PALETTE_ENTRIES = 256
+F_MODE_RANGE = (-40, 300)  # "F" images reach below 0 and above 255: the conversion must clip
+F_MODE_STEPS = 256  # values are multiples of 1/256
+SMOOTH_NOISE = 6  # +-6 levels of integer noise on the smooth image
 
 
 def case_names(include_huge: bool = True) -> List[str]:
@@ -92,7 +101,9 @@ def make_image(mode: str, size: Tuple[int, int], rng: np.random.Generator) -> Im
         # Below 0 and above 255 as well, so the conversion to 8 bits has to clip.
         return Image.frombytes(mode, size, rng.integers(-300, 600, size=(h, w)).astype("=i4").tobytes())
     if mode == "F":
-        return Image.frombytes(mode, size, rng.uniform(-40.0, 300.0, size=(h, w)).astype("=f4").tobytes())
+        # Integers / 256: exact in float32 (no float arithmetic that could round differently).
+        ints = rng.integers(F_MODE_RANGE[0] * F_MODE_STEPS, F_MODE_RANGE[1] * F_MODE_STEPS, size=(h, w))
+        return Image.frombytes(mode, size, (ints / F_MODE_STEPS).astype("=f4").tobytes())
     if mode == "1":
         bits = rng.integers(0, 2, size=(h, w)).astype(bool)
         return Image.frombytes(mode, size, np.packbits(bits, axis=1).tobytes())
@@ -100,15 +111,22 @@ def make_image(mode: str, size: Tuple[int, int], rng: np.random.Generator) -> Im
 
 
 def make_smooth_rgb(size: Tuple[int, int], rng: np.random.Generator) -> Image.Image:
-    """A photo-like RGB image: gradients and a few blobs plus mild noise."""
+    """A photo-like RGB image: gradients and a few blobs plus mild noise.
+
+    Integer draws and +, -, *, / only (each rounded exactly by IEEE-754, one operation at a time):
+    no exp and no normal draws, whose results differ in the last bit between libms and SIMD paths,
+    so the pixels are the same on every CPU.
+    """
     w, h = size
     y, x = np.mgrid[0:h, 0:w].astype(np.float64)
     channels = []
     for _ in range(3):
-        cx, cy, r = rng.uniform(0, w), rng.uniform(0, h), rng.uniform(50, 300)
-        blob = 120.0 * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * r * r))
-        ramp = rng.uniform(0, 120) * (x / w) + rng.uniform(0, 120) * (y / h)
-        channels.append(blob + ramp + rng.normal(0.0, 4.0, size=(h, w)))
+        cx, cy, r = (float(v) for v in (rng.integers(0, w), rng.integers(0, h), rng.integers(50, 300)))
+        dx, dy = x - cx, y - cy
+        blob = 120.0 * (r * r) / (r * r + (dx * dx + dy * dy))  # a rational bump, 120 at the centre
+        ramp = float(rng.integers(0, 120)) * (x / w) + float(rng.integers(0, 120)) * (y / h)
+        noise = rng.integers(-SMOOTH_NOISE, SMOOTH_NOISE + 1, size=(h, w)).astype(np.float64)
+        channels.append(blob + ramp + noise)
     pixels = np.clip(np.rint(np.stack(channels, axis=-1)), 0, 255).astype(np.uint8)
     return Image.frombytes("RGB", size, pixels.tobytes())
 

@@ -6,12 +6,22 @@ importlib) and get the same tensors.
 
 The layout (key order, shapes, dtypes) is written out here from the release's module structure,
 independently of `clip/model.py`; the golden script checks it against the original for all nine
-architectures. Values come from one `torch.Generator` seeded with `seed`, drawn in fp32 in key
-order with `torch.randn`, then cast like the release: fp16 for the weights that the original's
-`convert_weights` casts (conv and linear weights and biases, attention in-projections,
-`text_projection`, `visual.proj`), fp32 elsewhere. BatchNorm running variances are positive,
-`logit_scale` holds log(100) like the released models, and the three scalar entries
-(`input_resolution`, `context_length`, `vocab_size`) are appended as 0-dim int64 tensors.
+architectures. Values come from one `torch.Generator` seeded with `seed`, drawn in key order,
+then cast like the release: fp16 for the weights that the original's `convert_weights` casts (conv
+and linear weights and biases, attention in-projections, `text_projection`, `visual.proj`), fp32
+elsewhere. BatchNorm running variances are positive, `logit_scale` holds log(100) like the released
+models, and the three scalar entries (`input_resolution`, `context_length`, `vocab_size`) are
+appended as 0-dim int64 tensors.
+
+Bit-identical on every CPU: golden files are keyed on SHA256 digests of these tensors, and the
+goldens are made on one machine and checked on others (AVX2, AVX-512, ARM; ATen's
+`ATEN_CPU_CAPABILITY` kernel paths). So no value here goes through a transcendental function
+(`randn`'s Box-Muller transform and `exp` round differently across vector ISAs and libms), a
+reduction or a matrix product. Every value is an integer from `torch.randint` (integer arithmetic
+only), cast to fp32 exactly, then scaled and shifted by one multiplication and one addition with
+constants that are themselves fp32 numbers: IEEE-754 rounds each such operation the same way on
+every machine (also if a kernel computes it in double and rounds back: double rounding is harmless
+for one binary32 operation), and no two operations are fused.
 """
 
 import math
@@ -28,6 +38,11 @@ RELEASED_LOGIT_SCALE = math.log(100.0)
 RESIDUAL_BRANCH_GAIN = 0.3
 IMAGE_BLOCKS = 4  # side of the grid of the low-frequency part of make_images
 PIXEL_NOISE = 0.3
+# Exact uniform draws: integers in [0, 2**UNIFORM_BITS) map to k * 2**-(UNIFORM_BITS - 1) - 1, a
+# value in [-1, 1) with at most 24 significant bits, hence exact in fp32 (24-bit significand).
+UNIFORM_BITS = 24
+UNIT_VARIANCE = math.sqrt(3.0)  # uniform on [-1, 1) has variance 1/3
+RUNNING_VAR_SPREAD = 0.2  # BatchNorm running variances: 1 +- 0.2, strictly positive
 SCALAR_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 DIM_NAMES = (
@@ -223,6 +238,29 @@ def _scale_and_shift(key: str, shape: Tuple[int, ...]) -> Tuple[float, float]:
     return math.sqrt(gain / fan_in), 0.0
 
 
+def exact_uniform(
+    shape: Tuple[int, ...], generator: torch.Generator, scale: float = 1.0, shift: float = 0.0
+) -> torch.Tensor:
+    """fp32 values uniform on [shift - scale, shift + scale), the same bits on every CPU.
+
+    See the module docstring: integer draws, an exact map to [-1, 1), then `_affine`.
+    """
+    ints = torch.randint(0, 2**UNIFORM_BITS, shape, generator=generator, dtype=torch.int64)
+    unit = ints.to(torch.float32).mul_(2.0 ** -(UNIFORM_BITS - 1)).sub_(1.0)  # both steps exact
+    return _affine(unit, scale, shift) if (scale, shift) != (1.0, 0.0) else unit
+
+
+def _fp32(value: float) -> float:
+    """`value` rounded to the nearest fp32 number (so kernels that compute in double agree)."""
+    return torch.tensor(value, dtype=torch.float32).item()
+
+
+def _affine(values: torch.Tensor, scale: float, shift: float) -> torch.Tensor:
+    """values * scale + shift as two separately rounded fp32 operations (never a fused one)."""
+    values = values.mul_(_fp32(scale))
+    return values.add_(_fp32(shift)) if shift else values
+
+
 def make_state_dict(config: DimsLike, seed: int, *, scalars: bool = True) -> Dict[str, torch.Tensor]:
     """A release-layout CLIP state dict with seeded random weights, the same on every run.
 
@@ -240,12 +278,11 @@ def make_state_dict(config: DimsLike, seed: int, *, scalars: bool = True) -> Dic
         if key == "logit_scale":
             out[key] = torch.tensor(RELEASED_LOGIT_SCALE, dtype=torch.float32)
             continue
-        values = torch.randn(shape, generator=gen, dtype=torch.float32)
         if key.endswith("running_var"):
-            values = values.mul_(0.2).exp_()  # strictly positive, around 1
+            values = exact_uniform(shape, gen, RUNNING_VAR_SPREAD, 1.0)
         else:
             std, mean = _scale_and_shift(key, shape)
-            values = values.mul_(std).add_(mean)
+            values = exact_uniform(shape, gen, std * UNIT_VARIANCE, mean)
         out[key] = values.to(dtype)
     if scalars:
         out.update(scalar_entries(d))
@@ -274,13 +311,13 @@ def make_images(resolution: int, seed: int, batch: int = 2) -> torch.Tensor:
     images differ in their statistics (pure white noise gives nearly equal pooled features).
     """
     gen = torch.Generator().manual_seed(seed)
-    offset = torch.randn((batch, 3, 1, 1), generator=gen)
-    coarse = torch.randn((batch, 3, IMAGE_BLOCKS, IMAGE_BLOCKS), generator=gen)
+    offset = exact_uniform((batch, 3, 1, 1), gen, UNIT_VARIANCE)
+    coarse = exact_uniform((batch, 3, IMAGE_BLOCKS, IMAGE_BLOCKS), gen, UNIT_VARIANCE)
     repeat = -(-resolution // IMAGE_BLOCKS)  # ceil
     blocky = coarse.repeat_interleave(repeat, dim=2).repeat_interleave(repeat, dim=3)
     blocky = blocky[:, :, :resolution, :resolution]
-    fine = torch.randn((batch, 3, resolution, resolution), generator=gen)
-    return (offset + blocky + PIXEL_NOISE * fine).contiguous()
+    fine = exact_uniform((batch, 3, resolution, resolution), gen, PIXEL_NOISE * UNIT_VARIANCE)
+    return ((offset + blocky) + fine).contiguous()  # elementwise adds: exact rounding, fixed order
 
 
 def param_count(config: DimsLike) -> int:

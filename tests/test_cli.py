@@ -70,6 +70,7 @@ def no_download_permission(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
 # The README example
 
 
+@pytest.mark.golden
 @pytest.mark.parametrize("arch", ["vit", "resnet"])
 def test_readme_example_in_process(arch: str, capsys: pytest.CaptureFixture) -> None:
     code, out, err = _run(["--model", str(release_archive(arch)), "--device", "cpu"], capsys)
@@ -95,6 +96,7 @@ def test_module_entry_point_runs_the_readme_example(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.golden
 def test_several_images_and_labels(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     second = tmp_path / "copy.png"
     second.write_bytes(CLIP_PNG.read_bytes())
@@ -110,6 +112,7 @@ def test_several_images_and_labels(tmp_path: Path, capsys: pytest.CaptureFixture
     assert f"\n{CLIP_PNG}\n" in out and f"\n{second}\n" in out
 
 
+@pytest.mark.golden
 def test_jit_option_gives_the_same_probabilities(capsys: pytest.CaptureFixture) -> None:
     code, out, err = _run(["--model", str(release_archive("vit")), "--jit", "--device", "cpu"], capsys)
     assert code == EXIT_OK, err

@@ -35,6 +35,7 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"  # as the original's test
 
 
+@pytest.mark.golden
 @pytest.mark.parametrize("model_name", MODELS + list(TINY))
 def test_jit_and_python_models_agree_on_clip_png(model_name: str) -> None:
     arch = model_name[len("tiny-") :] if model_name in TINY else None

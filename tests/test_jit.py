@@ -153,6 +153,7 @@ def test_jit_with_dtype_is_refused_before_reading(tmp_path: Path) -> None:
 # Against the original: tests/data/load_golden.pt, made by tests/data/make_load_golden.py
 
 
+@pytest.mark.golden
 @pytest.mark.parametrize("jit", [False, True], ids=["python", "jit"])
 @pytest.mark.parametrize("arch", ["vit", "resnet"])
 def test_load_matches_the_original(arch: str, jit: bool) -> None:
@@ -171,4 +172,7 @@ def test_load_matches_the_original(arch: str, jit: bool) -> None:
         }
     for key, value in expected.items():
         assert got[key].dtype == torch.float32, key  # the original's CPU results are fp32 too
+        # fp32 on both sides, golden made on another CPU: the tiny models' outputs move by ~1e-6
+        # relative between kernel paths (tests/test_model.py, PARITY_RTOL); the jit model also runs the
+        # original's fp16-traced graph ops in a different order. 1e-4 keeps a 100x margin on that.
         torch.testing.assert_close(got[key], value, atol=1e-4, rtol=1e-4, msg=key)

@@ -147,6 +147,7 @@ def test_convert_image_to_rgb_converts_and_leaves_the_input_alone() -> None:
     assert image.mode == "RGBA" and image.tobytes() == before
 
 
+@pytest.mark.golden
 def test_golden_covers_every_case_and_the_images_are_unchanged(
     golden: Dict[str, Any], images: Dict[str, Image.Image]
 ) -> None:
@@ -157,6 +158,7 @@ def test_golden_covers_every_case_and_the_images_are_unchanged(
         )
 
 
+@pytest.mark.golden
 @pytest.mark.filterwarnings(PALETTE_WARNING)
 @pytest.mark.parametrize("name", [name for name in case_names() if name not in HUGE])
 def test_transform_matches_the_original(
@@ -165,6 +167,7 @@ def test_transform_matches_the_original(
     assert_matches(_transform(224)(images[name]), golden["images"][name]["output"], name)
 
 
+@pytest.mark.golden
 @pytest.mark.parametrize("n_px", RESOLUTIONS)
 def test_transform_matches_the_original_at_every_released_resolution(
     n_px: int, golden: Dict[str, Any], images: Dict[str, Image.Image]
@@ -182,6 +185,7 @@ def test_transform_matches_the_original_at_every_released_resolution(
 # --- preprocess_batch against the original ------------------------------------------------------
 
 
+@pytest.mark.golden
 def test_batch_matches_the_original_on_every_image(
     golden: Dict[str, Any], batch_of_all: torch.Tensor
 ) -> None:
@@ -191,6 +195,7 @@ def test_batch_matches_the_original_on_every_image(
         assert_matches(row, golden["images"][name]["output"], f"preprocess_batch on {name}")
 
 
+@pytest.mark.golden
 @pytest.mark.parametrize("n_px", RESOLUTIONS)
 def test_batch_of_paths_matches_the_original_at_every_released_resolution(
     n_px: int, golden: Dict[str, Any]

@@ -87,6 +87,7 @@ def _assert_top5_matches(ours: TopK, expected: Sequence[Tuple[str, float]], rtol
     )
 
 
+@pytest.mark.golden
 @pytest.mark.parametrize("source", SOURCES)
 def test_readme_example_clip_png(source: Source) -> None:
     """README: CLIP.png vs "a diagram", "a dog", "a cat" -> label probs."""
@@ -105,6 +106,7 @@ def test_readme_example_clip_png(source: Source) -> None:
     np.testing.assert_allclose(probs, expected, rtol=source.rtol, atol=source.atol)
 
 
+@pytest.mark.golden
 @pytest.mark.parametrize("source", SOURCES)
 def test_readme_example_cifar100_top5(source: Source) -> None:
     """README: CIFAR-100 test image 3637, "a photo of a {label}" -> top-5 classes and probabilities.
@@ -127,6 +129,7 @@ def test_readme_example_cifar100_top5(source: Source) -> None:
     _assert_top5_matches(ours, expected, source.rtol, source.atol)
 
 
+@pytest.mark.golden
 def test_golden_tolerance_can_fail() -> None:
     """The golden comparison is tight enough to notice a different model: the ResNet's numbers do
     not pass for the ViT archive."""

@@ -3,7 +3,7 @@
 Run from the repository root with our virtual environment (the oracle runs in a subprocess of its
 own, with only the oracle folder on its path and its working directory outside the repository):
 
-    .venv/bin/python tests/data/make_load_golden.py [--oracle /work/oracle]
+    .venv/bin/python tests/data/make_load_golden.py [--oracle DIR]
 
 For the tiny ViT and ResNet release-layout archives of tests/_checkpoints.py (seed 0: weights of
 tests/_model_factory.py, traced like the release, "cuda" device constants, Half dtype constants,
@@ -13,8 +13,6 @@ and `load(path, device="cpu", jit=True)`: image features, text features and logi
 that the test can tell stale golden data from a regression.
 """
 
-import argparse
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -28,7 +26,6 @@ ARCHES = ("vit", "resnet")
 
 _ORACLE_SCRIPT = r"""
 import sys, torch, clip
-assert "main" not in clip.__file__, clip.__file__
 jobs = torch.load(sys.argv[1])
 out = {}
 for arch, job in jobs.items():
@@ -46,12 +43,11 @@ torch.save(out, sys.argv[2])
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--oracle", default=os.environ.get("CLIP_ORACLE_PATH", "/work/oracle"))
-    args = parser.parse_args()
     sys.path.insert(0, str(TESTS))
     from _checkpoints import example_inputs, release_archive, tiny_state_dict
-    from _golden import digest, run_oracle_script
+    from _golden import digest, oracle_argument, resolve_oracle, run_oracle_script
+
+    oracle = resolve_oracle(oracle_argument(__doc__))
 
     golden = {}
     jobs = {}
@@ -65,7 +61,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         jobs_path, out_path = Path(scratch) / "jobs.pt", Path(scratch) / "out.pt"
         torch.save(jobs, jobs_path)
-        run_oracle_script(_ORACLE_SCRIPT, [str(jobs_path), str(out_path)], scratch, args.oracle)
+        run_oracle_script(_ORACLE_SCRIPT, [str(jobs_path), str(out_path)], scratch, oracle)
         results = torch.load(out_path)
     for arch in ARCHES:
         golden[arch].update(results[arch])

@@ -1,9 +1,11 @@
 """Make the golden files of tests/test_model.py with the ORIGINAL implementation (the oracle).
 
-Run from outside the repository, with the oracle first on the path (our own `clip/` package
-must not shadow it):
+Run with our virtual environment; the script runs itself again with only the oracle folder on
+PYTHONPATH and a scratch working directory, so that our own `clip/` package cannot shadow it:
 
-    cd /tmp && PYTHONPATH=/work/oracle /work/main/.venv/bin/python /work/main/tests/data/make_model_golden.py
+    .venv/bin/python tests/data/make_model_golden.py [--oracle DIR]
+
+(DIR defaults to $CLIP_ORACLE_PATH, else .oracle in the repository.)
 
 Writes next to this script:
 - model_golden_layout.pt: for the nine released architectures and the two tiny test configs,
@@ -27,6 +29,8 @@ import torch
 
 DATA = Path(__file__).resolve().parent
 FACTORY_PATH = DATA.parent / "_model_factory.py"
+sys.path.insert(0, str(DATA.parent))  # tests/: _golden (imports no clip)
+from _golden import oracle_argument, under_oracle  # noqa: E402
 
 CAPTIONS = ["a diagram", "a dog", "a cat", "a photo of a cat sitting on a red sofa at night"]
 SEEDS = {"tiny-vit": 11, "tiny-rn": 12, "ViT-B/32": 13, "RN50": 14}
@@ -51,11 +55,10 @@ def layout_digest(entries: List[Tuple[str, Tuple[int, ...], torch.dtype]]) -> st
 
 
 def main() -> None:
-    import clip  # the oracle: PYTHONPATH=/work/oracle
+    under_oracle(__file__, oracle_argument(__doc__))
+    import clip  # the oracle (checked by under_oracle)
     from clip.model import CLIP, build_model, convert_weights
 
-    if "oracle" not in str(Path(clip.__file__).resolve()):
-        sys.exit(f"run with PYTHONPATH=/work/oracle from outside the repo; got clip from {clip.__file__}")
     factory = load_factory()
 
     layouts: Dict[str, Dict[str, object]] = {}

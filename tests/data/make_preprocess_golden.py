@@ -1,13 +1,14 @@
 """Make tests/data/preprocess_golden.json with the ORIGINAL implementation's preprocessing (the oracle).
 
-Run from outside the repository, with the oracle first on the path (our own `clip/` package must
-not shadow it):
+Run with our virtual environment; the script runs itself again with only the oracle folder on
+PYTHONPATH and a scratch working directory, so that our own `clip/` package cannot shadow it:
 
-    cd /tmp && PYTHONPATH=/work/oracle \
-        /work/main/.venv/bin/python /work/main/tests/data/make_preprocess_golden.py
+    .venv/bin/python tests/data/make_preprocess_golden.py [--oracle DIR]
 
-The oracle is `clip-anytorch` 2.6.0 (`pip install --no-deps --target /work/oracle clip-anytorch`,
-with setuptools<81 for its `pkg_resources` import); its `_transform` is the release's.
+(DIR defaults to $CLIP_ORACLE_PATH, else .oracle in the repository.)
+
+The oracle is `clip-anytorch` 2.6.0 (`pip install --no-deps --target DIR clip-anytorch==2.6.0
+"setuptools<81"`; setuptools for its `pkg_resources` import); its `_transform` is the release's.
 
 What it stores (a few hundred bytes per tensor; see `summarize` in tests/_images.py):
 - "images": for every image of `tests/_images.build_images()` (seeded synthetic images of every PIL
@@ -32,6 +33,8 @@ REPO = TESTS.parent
 OUTPUT = DATA / "preprocess_golden.json"
 CLIP_PNG = REPO / "CLIP.png"
 RESOLUTION_IMAGES = ("RGBA-480x640",)
+sys.path.insert(0, str(TESTS))  # _golden (imports no clip)
+from _golden import oracle_argument, under_oracle  # noqa: E402
 
 
 def load_images_module():
@@ -54,6 +57,7 @@ def import_oracle():
 
 
 def main() -> None:
+    under_oracle(__file__, oracle_argument(__doc__))
     from PIL import Image
 
     images_module = load_images_module()

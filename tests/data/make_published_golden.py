@@ -4,7 +4,7 @@ run on the tiny test-made archives instead of the released weights.
 Run from the repository root with our virtual environment (the oracle runs in a subprocess of its
 own, with only the oracle folder on its path and its working directory outside the repository):
 
-    .venv/bin/python tests/data/make_published_golden.py [--oracle /work/oracle]
+    .venv/bin/python tests/data/make_published_golden.py [--oracle DIR]
 
 For the tiny ViT and ResNet release-layout archives of tests/_checkpoints.py (seed 0), the oracle's
 `clip.load(path, device="cpu", jit=False)` and `jit=True` compute
@@ -19,11 +19,9 @@ The file also records what the numbers depend on (SHA256 of the archive's weight
 the pattern's pixels, the texts and classes), so that the tests can tell stale data from a regression.
 """
 
-import argparse
 import hashlib
 import importlib.util
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -40,7 +38,6 @@ import json, sys
 import torch
 from PIL import Image
 import clip
-assert "/work/main" not in clip.__file__, clip.__file__
 
 job = json.loads(open(sys.argv[1]).read())
 out = {}
@@ -89,12 +86,11 @@ def _load_by_path(name: str, path: Path):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--oracle", default=os.environ.get("CLIP_ORACLE_PATH", "/work/oracle"))
-    args = parser.parse_args()
     sys.path.insert(0, str(TESTS))
     from _checkpoints import release_archive, tiny_state_dict
-    from _golden import digest, run_oracle_script
+    from _golden import digest, oracle_argument, resolve_oracle, run_oracle_script
+
+    oracle = resolve_oracle(oracle_argument(__doc__))
     from _published import CIFAR_TEMPLATE, CLIP_PNG, README_TEXTS, image_sha256, pattern_image
 
     classes = list(_load_by_path("_datasets", REPO / "notebooks" / "_datasets.py").CIFAR100_CLASSES)
@@ -112,7 +108,7 @@ def main() -> None:
         }
         job_path, out_path = Path(scratch) / "job.json", Path(scratch) / "out.json"
         job_path.write_text(json.dumps(job), encoding="utf-8")
-        run_oracle_script(_ORACLE_SCRIPT, [str(job_path), str(out_path)], scratch, args.oracle)
+        run_oracle_script(_ORACLE_SCRIPT, [str(job_path), str(out_path)], scratch, oracle)
         results = json.loads(out_path.read_text(encoding="utf-8"))
 
     golden = {

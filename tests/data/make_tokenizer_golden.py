@@ -1,10 +1,12 @@
 """Make the tokenizer golden files from the ORIGINAL tokenizer (the test oracle).
 
-Run it with the original package on the path, never ours, from outside the repository:
+Run it with our virtual environment; it runs itself again with only the original package's folder
+on PYTHONPATH and a scratch working directory, so that our own `clip/` cannot shadow it:
 
-    pip install --no-deps --target /work/oracle clip-anytorch==2.6.0 "setuptools<81"
-    cd /tmp && PYTHONPATH=/work/oracle /work/main/.venv/bin/python \\
-        /work/main/tests/data/make_tokenizer_golden.py
+    pip install --no-deps --target .oracle clip-anytorch==2.6.0 "setuptools<81"   # once
+    .venv/bin/python tests/data/make_tokenizer_golden.py [--oracle DIR]
+
+(DIR defaults to $CLIP_ORACLE_PATH, else .oracle in the repository.)
 
 It writes, next to itself:
 
@@ -32,11 +34,14 @@ from typing import Dict, List
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
-import clip  # noqa: E402  (the oracle, see the module docstring)
-from clip.simple_tokenizer import SimpleTokenizer  # noqa: E402
+sys.path.insert(0, str(HERE.parent))  # tests/: _golden (imports no clip)
+from _golden import oracle_argument, under_oracle  # noqa: E402
 
-if Path(clip.__file__).resolve().parents[1] == REPO:
-    sys.exit("this imported the repository's own clip; run it with PYTHONPATH=<oracle dir> from /tmp")
+if __name__ == "__main__":
+    under_oracle(__file__, oracle_argument(__doc__))  # reruns this script under the oracle, or returns there
+
+import clip  # noqa: E402  (the oracle, checked by under_oracle)
+from clip.simple_tokenizer import SimpleTokenizer  # noqa: E402
 
 SEED = 20240611
 CONTEXT_LENGTHS = (1, 2, 3, 5, 16, 77)
