@@ -22,13 +22,15 @@ torch.compile (ours compiled against the original as it runs out of the box); fp
 the tests' fp16 tolerance of the CPU fp32 features (tests/_cuda_checks.py: FP16_FEATURE_REL_ERR).
 
 The original (``clip-anytorch``) is looked for in `--oracle`, else ``$CLIP_ORACLE_PATH``, else
-``.gpu_site`` in the repository, else /work/oracle. A GPU machine that cannot reach a package
-registry gets it, with the two pure-Python packages both sides' tokenizers need, from a folder
-prepared where pip works (the folder is git-ignored; carry it along with the working tree)::
+``.oracle`` in the repository (git-ignored; the tests' golden scripts use it too), else
+/work/oracle. A GPU machine that cannot reach a package registry gets it from a folder prepared
+where pip works and carried along with the working tree, together with the two pure-Python
+packages both sides' tokenizers need::
 
-    python -m pip install --no-deps --target .gpu_site clip-anytorch ftfy wcwidth
+    python -m pip install --no-deps --target .oracle clip-anytorch==2.6.0 ftfy wcwidth "setuptools<81"
 
-``.gpu_site`` is put on every process's path (after the repository, so our `clip` stays ours).
+Where the environment has no ``ftfy``, the original's folder is also put on the path of our side's
+processes, after the repository (our `clip` stays first; each worker checks which one it imported).
 Without the original, only our side is measured and the report says so.
 
 Without a GPU the script says so and exits 0 without writing anything. ``--dry-run-cpu`` runs the
@@ -60,7 +62,8 @@ except ImportError:  # run by path as a worker process: benchmarks/ itself is fi
 
 REPO = _common.REPO
 DEFAULT_OUT = REPO / "benchmarks" / "GPU_RESULTS.md"
-GPU_SITE = REPO / ".gpu_site"  # prepared dependencies for a GPU machine without a registry
+REPO_ORACLE = REPO / ".oracle"  # the original, ftfy and wcwidth, prepared for a machine without a registry
+INSTALL = 'python -m pip install --no-deps --target .oracle clip-anytorch==2.6.0 ftfy wcwidth "setuptools<81"'
 WORKER_TAG = "GPUCHECK "  # prefix of the workers' result lines on stdout
 
 MODELS = ("ViT-B/32", "RN50")
@@ -397,11 +400,10 @@ def worker_results(lines: Sequence[str]) -> List[Dict[str, Any]]:
 
 def _side_env(side: str, oracle: Optional[str]) -> Tuple[Dict[str, str], str]:
     if side == "original":
-        env, cwd = _common.oracle_env(oracle)
-    else:
-        env, cwd = _common.ours_env()
-    if GPU_SITE.is_dir():  # after each side's own folders: its `clip` stays first
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), str(GPU_SITE)) if p)
+        return _common.oracle_env(oracle)
+    env, cwd = _common.ours_env()
+    if oracle and importlib.util.find_spec("ftfy") is None:  # our tokenizer needs it too
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (env.get("PYTHONPATH", ""), oracle) if p)
     return env, cwd
 
 
@@ -409,15 +411,15 @@ def find_oracle(oracle: Optional[str]) -> Tuple[Optional[str], str]:
     """(folder of the original, or None; a note saying where it came from or why it is missing)."""
     candidates = [oracle] if oracle else []
     if not oracle:
-        candidates += [os.environ.get(_common.ORACLE_ENV_VAR), str(GPU_SITE), _common.DEFAULT_ORACLE]
+        candidates += [os.environ.get(_common.ORACLE_ENV_VAR), str(REPO_ORACLE), _common.DEFAULT_ORACLE]
     for candidate in candidates:
         if candidate and (Path(candidate) / "clip" / "clip.py").is_file():
             return str(Path(candidate).resolve()), f"clip-anytorch from {candidate}"
     tried = ", ".join(c for c in candidates if c)
     return None, (
         f"the original (clip-anytorch) was not found (looked in {tried}): only our side was measured. "
-        f"Prepare it where pip works: `python -m pip install --no-deps --target .gpu_site clip-anytorch "
-        f"ftfy wcwidth`, carry .gpu_site along, or pass --oracle DIR."
+        f"Prepare it where pip works: `{INSTALL}` in the repository, carry .oracle along, or pass "
+        "--oracle DIR."
     )
 
 
@@ -517,7 +519,7 @@ class Check:
         if not allowed:
             self.parts_cut.append("tests")
             return
-        env, cwd = _side_env("ours", None)
+        env, cwd = _side_env("ours", self.oracle)
         command = [
             sys.executable,
             "-m",
