@@ -16,6 +16,7 @@ TEST_REQUIREMENTS = [
     "ipykernel",
     "matplotlib",
     "scikit-image",
+    "scikit-learn",
 ]
 
 
@@ -33,7 +34,7 @@ setup(
     license="MIT",
     python_requires=">=3.9",
     packages=find_packages(include=["clip", "clip.*"]),
-    package_data={"clip": ["bpe_simple_vocab_16e6.txt.gz", "CLIP.png"]},
+    package_data={"clip": ["bpe_simple_vocab_16e6.txt.gz", "CLIP.png", "prompts/*.json"]},
     include_package_data=True,
     install_requires=read_requirements(),
     extras_require={"test": TEST_REQUIREMENTS, "dev": ["ruff", *TEST_REQUIREMENTS]},
