@@ -302,7 +302,7 @@ def _embed(
                 empty = np.zeros((0, embed_dim), dtype=dtype)
                 images = np.concatenate(image_parts) if image_parts else empty
                 texts = (np.concatenate(text_parts) if text_parts else empty) if captions else None
-                write_shard(out, last_batch_of[number], rows, images, texts, errors)
+                write_shard(out, last_batch_of[number], rows, images, texts, errors, rank=group.rank)
                 rows, image_parts, text_parts, errors = [], [], [], []
 
 

@@ -266,14 +266,16 @@ def write_shard(
     image_features: np.ndarray,
     text_features: Optional[np.ndarray],
     errors: List[Tuple[int, str]],
+    rank: int = 0,
 ) -> None:
-    """Write shard `shard`: its feature files, then its ``.json`` (rows = item indices, in order)."""
+    """Write shard `shard`: its feature files, then its ``.json`` (rows = item indices, in order;
+    `rank`: the torch.distributed rank that computed it)."""
     with _atomic(out / shard_name("images", shard, ".npy")) as temp, open(temp, "wb") as handle:
         np.save(handle, image_features)
     if text_features is not None:
         with _atomic(out / shard_name("texts", shard, ".npy")) as temp, open(temp, "wb") as handle:
             np.save(handle, text_features)
-    write_json(out / shard_name("shard", shard, ".json"), {"rows": rows, "errors": errors})
+    write_json(out / shard_name("shard", shard, ".json"), {"rows": rows, "errors": errors, "rank": rank})
 
 
 def write_manifest(out: Path, run: RunInfo, items: Sequence[Item], n_shards: int) -> Tuple[int, int]:
