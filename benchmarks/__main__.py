@@ -4,8 +4,9 @@ Rows (select groups with --rows): tokenizer cold and warm; `clip.load` time and 
 preprocessing of 64 JPEG/PNG files; `clip embed` over 256 JPEG/PNG files against the README's
 per-image loop and `encode_image` alone (ours only); the measured fp32 and bf16 matmul roofline;
 `encode_image` and `encode_text` of ViT-B/32 and RN50 shapes (fp32 at batch 1 and 32, bf16 and
-bf16 autocast at batch 1 and a reduced batch). Every row is measured in this run, ours and the original alternately,
-each side in processes of its own (both packages are named `clip`); ratios are ours / original.
+bf16 autocast at batch 1 and a reduced batch). Every row is measured in this run, ours and the
+original alternately, each side in processes of its own (both packages are named `clip`); ratios
+are ours / original.
 
 The original is `clip-anytorch` in a folder of its own (see benchmarks/_common.py):
 
