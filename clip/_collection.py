@@ -119,7 +119,7 @@ def _read_table(table: Path, path_column: str, caption_column: Optional[str]) ->
     if table.suffix.lower() not in (".csv", ".tsv"):
         raise CollectionError(f"{table}: not a folder, a .csv or a .tsv file")
     try:
-        with open(table, newline="", encoding="utf-8") as handle:
+        with open(table, newline="", encoding="utf-8-sig") as handle:  # -sig: a BOM is not part of a name
             reader = csv.DictReader(handle, delimiter=delimiter)
             columns = list(reader.fieldnames or [])
             rows = list(reader)
