@@ -315,3 +315,15 @@ def test_classify_prints_the_zero_shot_top_k(folder, tmp_path, model_path, loade
 def test_classify_bad_input(folder, argv, expected, capsys) -> None:
     code, _, err = _run(["classify", str(folder / "im0.jpg"), *argv], capsys)
     assert code == 2 and expected in err
+
+
+@pytest.mark.parametrize("name", ["classify", "embed", "search"])
+def test_subcommands_have_help(name, capsys) -> None:
+    code, out, _ = _run([name, "--help"], capsys)
+    assert code == 0 and f"usage: clip {name}" in out
+
+
+@pytest.mark.parametrize("option", ["--batch-size", "--shard-size"])
+def test_embed_rejects_sizes_below_one(option, folder, tmp_path, model_path, capsys) -> None:
+    code, _, err = _embed(folder, tmp_path / "out", model_path, capsys, option, "0")
+    assert code == 2 and f"{option} must be at least 1" in err and not (tmp_path / "out").exists()

@@ -99,3 +99,21 @@ def test_bad_arguments_are_named(call, error) -> None:
     model, _ = clip.load(str(release_archive("vit")), device="cpu", jit=False)
     with pytest.raises(error):
         call(model)
+
+
+def test_prompt_files_are_package_data() -> None:
+    """setup.py's package_data globs cover every file of clip/prompts (else `pip install .` drops them)."""
+    import ast
+    import fnmatch
+
+    setup_py = Path(__file__).resolve().parent.parent / "setup.py"
+    call = next(
+        node
+        for node in ast.walk(ast.parse(setup_py.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "setup"
+    )
+    package_data = ast.literal_eval(next(k.value for k in call.keywords if k.arg == "package_data"))
+    files = sorted(
+        p.relative_to(zeroshot.PROMPTS_DIR.parent).as_posix() for p in zeroshot.PROMPTS_DIR.iterdir()
+    )
+    assert files and all(any(fnmatch.fnmatch(f, glob) for glob in package_data["clip"]) for f in files)
