@@ -18,10 +18,10 @@ GOLDEN = Path(__file__).resolve().parent / "data" / "zeroshot_golden.json"
 REGENERATE = "stale golden data: regenerate with tests/data/make_zeroshot_golden.py"
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 # fp32 through the tiny towers (2 layers, width 64), ours batched across classes and the oracle one
-# class at a time: the kernels may sum in another order (batch shape, AVX2 / AVX-512 / NEON), which
-# moves unit-length entries of size ~0.2 by a few float32 ulps (~1e-7 measured ~3e-8). 1e-6 on the
-# unit-length columns leaves a 10x margin and still fails on any change to the recipe (a missing
-# normalisation moves entries by >1e-3). Logits are 100 x cosine: the same bound scaled by 100.
+# class at a time: kernels may sum in another order (batch shape, AVX2 / AVX-512 / NEON), which moves
+# unit-length entries of size ~0.2 by a few float32 ulps (~3e-8 each; 0 on the CPU that made the
+# golden). 1e-6 on the unit-length columns leaves a margin of 10x or more and still catches a change
+# to the recipe (e.g. averaging before normalising). Logits are 100 x cosine: the bound times 100.
 CLASSIFIER_ATOL = 1e-6
 LOGITS_ATOL = 100 * CLASSIFIER_ATOL
 
