@@ -120,7 +120,9 @@ def _run(args: argparse.Namespace) -> int:
     _positive("--batch-size", args.batch_size)
     _positive("--shard-size", args.shard_size)
     if args.workers is not None and args.workers < 0:
-        _positive("--workers", args.workers + 1)
+        from ._collection import CollectionError
+
+        raise CollectionError(f"--workers must be 0 or more, got {args.workers}")
     items, captions = discover(args.src, args.path_column, args.caption_column)
     run = RunInfo(
         model=args.model,
