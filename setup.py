@@ -17,6 +17,7 @@ TEST_REQUIREMENTS = [
     "ipykernel",
     "matplotlib",
     "scikit-image",
+    "scikit-learn",
 ]
 
 
@@ -40,7 +41,7 @@ setup(
         "Operating System :: OS Independent",
     ],
     packages=find_packages(include=["clip", "clip.*"]),
-    package_data={"clip": ["bpe_simple_vocab_16e6.txt.gz", "CLIP.png"]},
+    package_data={"clip": ["bpe_simple_vocab_16e6.txt.gz", "CLIP.png", "prompts/*.json"]},
     include_package_data=True,
     install_requires=read_requirements(),
     extras_require={"test": TEST_REQUIREMENTS, "dev": ["ruff", *TEST_REQUIREMENTS]},

@@ -1,10 +1,12 @@
 """The benchmark suite: `python -m benchmarks` prints one markdown table, ours beside the original.
 
 Rows (select groups with --rows): tokenizer cold and warm; `clip.load` time and peak RSS; batch
-preprocessing of 64 JPEG/PNG files; the measured fp32 and bf16 matmul roofline; `encode_image` and
-`encode_text` of ViT-B/32 and RN50 shapes (fp32 at batch 1 and 32, bf16 and bf16 autocast at batch
-1 and a reduced batch). Every row is measured in this run, ours and the original alternately,
-each side in processes of its own (both packages are named `clip`); ratios are ours / original.
+preprocessing of 64 JPEG/PNG files; `clip embed` over 256 JPEG/PNG files against the README's
+per-image loop and `encode_image` alone (ours only); the measured fp32 and bf16 matmul roofline;
+`encode_image` and `encode_text` of ViT-B/32 and RN50 shapes (fp32 at batch 1 and 32, bf16 and
+bf16 autocast at batch 1 and a reduced batch). Every row is measured in this run, ours and the
+original alternately, each side in processes of its own (both packages are named `clip`); ratios
+are ours / original.
 
 The original is `clip-anytorch` in a folder of its own (see benchmarks/_common.py):
 
@@ -33,7 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from benchmarks import _common, bench_encode
 
-GROUPS = ("tokenizer", "load", "preprocess", "roofline", "encode")
+GROUPS = ("tokenizer", "load", "preprocess", "embed", "roofline", "encode")
 RESULTS_FILE = Path(__file__).resolve().parent / "RESULTS.md"
 COLUMNS = (
     "Row",
@@ -47,8 +49,20 @@ COLUMNS = (
     "Met",
 )
 MIB = 1024 * 1024
-QUICK = {"tokenizer_count": 2000, "repeats": 1, "low_precision_batch": 0, "slow_layout": False}
-FULL = {"tokenizer_count": 10_000, "repeats": 5, "low_precision_batch": 8, "slow_layout": True}
+QUICK = {
+    "embed_count": 64,
+    "tokenizer_count": 2000,
+    "repeats": 1,
+    "low_precision_batch": 0,
+    "slow_layout": False,
+}
+FULL = {
+    "embed_count": 256,
+    "tokenizer_count": 10_000,
+    "repeats": 5,
+    "low_precision_batch": 8,
+    "slow_layout": True,
+}
 UNITS = {"image": "img/s", "text": "texts/s"}
 DASH = "–"
 # Goals from the issues: tokenizer (cold / warm throughput vs the original), batch preprocessing.
@@ -142,6 +156,36 @@ def preprocess_rows(options: Dict[str, Any]) -> List[Row]:
             "Goal": f"≥ {GOAL_PREPROCESS:.0f}x original",
             "Met": _met(f["ratio"] >= GOAL_PREPROCESS),
         }
+    ]
+
+
+def embed_rows(options: Dict[str, Any]) -> List[Row]:
+    from benchmarks import bench_embed
+
+    threads = options["threads"] or options["default_threads"]
+    f = bench_embed.run(count=options["embed_count"], threads=threads, repeats=options["repeats"])
+    options["raw"]["embed"] = f
+    rate = f["images_per_s"]
+    what = f"{f['images']} mixed JPEG/PNG files, {f['config']} shapes fp32, batch {f['batch_size']}"
+    return [
+        {
+            "Row": f"clip embed vs the README's per-image loop ({what})",
+            "Threads": f"{threads} + {f['workers']} decoding",
+            "Ours": f"{rate['embed']:.1f} img/s",
+            "Original": f"{rate['loop']:.1f} img/s (per-image loop)",
+            "Ours / original": _x(f["embed_vs_loop"]),
+            "Goal": f"≥ {bench_embed.GOAL_VS_LOOP}x the loop",
+            "Met": _met(f["embed_vs_loop"] >= bench_embed.GOAL_VS_LOOP),
+        },
+        {
+            "Row": f"clip embed vs encode_image alone on decoded images ({what})",
+            "Threads": f"{threads} + {f['workers']} decoding",
+            "Ours": f"{rate['embed']:.1f} img/s",
+            "Original": f"{rate['encode']:.1f} img/s (encode_image alone, ours)",
+            "Ours / original": f"{100 * f['embed_vs_encode']:.0f}%",
+            "Goal": f"≥ {100 * bench_embed.GOAL_VS_ENCODE:.0f}% of encode_image",
+            "Met": _met(f["embed_vs_encode"] >= bench_embed.GOAL_VS_ENCODE),
+        },
     ]
 
 
@@ -380,6 +424,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "tokenizer": lambda: tokenizer_rows(options),
         "load": lambda: load_rows(options),
         "preprocess": lambda: preprocess_rows(options),
+        "embed": lambda: embed_rows(options),
     }
     rows: List[Row] = []
     for group in GROUPS:

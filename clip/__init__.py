@@ -10,9 +10,9 @@ from ._versions import check_installed
 
 check_installed()  # one clear ImportError on a too-old torch, before anything fails deep inside
 
-from . import model  # noqa: E402
+from . import features, model, zeroshot  # noqa: E402
 from ._preprocess import preprocess_batch  # noqa: E402
 from .clip import available_models, load, tokenize  # noqa: E402
 
-__all__ = ["available_models", "load", "tokenize", "preprocess_batch", "model"]
+__all__ = ["available_models", "load", "tokenize", "preprocess_batch", "model", "zeroshot", "features"]
 __version__ = "1.0.0"

@@ -25,6 +25,7 @@ __all__ = [
     "data_dir",
     "skimage_photo",
     "cifar100_test_set",
+    "cifar100",
     "imagenetv2",
     "substitute_subset",
 ]
@@ -118,6 +119,7 @@ class _LabelledPhotos:
         labels: Dict[str, str],
         size: Optional[int] = None,
         transform: Optional[Callable[[Image.Image], Any]] = None,
+        mirror: bool = False,
     ) -> None:
         self.classes = list(classes)
         self.transform = transform
@@ -126,6 +128,8 @@ class _LabelledPhotos:
             image = skimage_photo(photo)
             if size is not None:
                 image = image.resize((size, size), Image.BICUBIC)
+            if mirror:
+                image = image.transpose(Image.FLIP_LEFT_RIGHT)
             self.samples.append((image, self.classes.index(label)))
 
     def __len__(self) -> int:
@@ -144,6 +148,17 @@ def cifar100_test_set() -> Any:
     from torchvision.datasets import CIFAR100
 
     return CIFAR100(str(data_dir()), train=False, download=True)
+
+
+def cifar100(train: bool, transform: Optional[Callable[[Image.Image], Any]] = None) -> Any:
+    """CIFAR-100's train or test split with `transform` (torchvision; downloaded into `data_dir()` if
+    missing), or the substitute: the five labelled scikit-image photographs at 32 x 32 as the test
+    split, and the same photographs mirrored left to right as the train split."""
+    if substitute_data():
+        return _LabelledPhotos(CIFAR100_CLASSES, CIFAR_SUBSTITUTES, CIFAR_SIZE, transform, mirror=train)
+    from torchvision.datasets import CIFAR100
+
+    return CIFAR100(str(data_dir()), train=train, download=True, transform=transform)
 
 
 class _ImageFolderByIndex:

@@ -18,7 +18,7 @@ from _checkpoints import release_archive
 from _published import GOLDEN_ATOL, GOLDEN_RTOL, load_golden
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-NAMES = ("Interacting_with_CLIP.ipynb", "Prompt_Engineering_for_ImageNet.ipynb")
+NAMES = ("Interacting_with_CLIP.ipynb", "Prompt_Engineering_for_ImageNet.ipynb", "Linear_Probe.ipynb")
 CELL_TIMEOUT_S = 300
 PRINT_DIGITS_RTOL = 1e-6  # numpy prints 8 significant digits
 
@@ -98,3 +98,13 @@ def test_prompt_engineering_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert set(accuracies) == {"1", "5"}, text
     top1, top5 = float(accuracies["1"]), float(accuracies["5"])
     assert 0 <= top1 <= top5 <= 100
+
+
+def test_linear_probe_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    notebook = _execute("Linear_Probe.ipynb", tmp_path, monkeypatch)
+    text = "\n".join(_text_outputs(notebook))
+    assert "5 training images, 5 test images" in text, text
+    assert "train features (5, 32) test features (5, 32)" in text, text  # the tiny model's embed_dim
+    match = re.search(r"^Accuracy = (\d+\.\d{3})$", text, re.M)
+    assert match, text
+    assert 0 <= float(match.group(1)) <= 100
