@@ -201,7 +201,7 @@ def _checkpoint_to_load(model: str, root: str, allow_download: bool) -> str:
     Without permission to download, nothing here touches the network: a released model must already
     be in `root` with the right SHA256, or a _UsageError says how to provide it.
     """
-    from ._download import _expected_sha256, _is_trusted, _verify_and_mark
+    from ._download import cached_file
     from .clip import _MODELS, available_models
 
     if model in _MODELS:
@@ -222,13 +222,13 @@ def _checkpoint_to_load(model: str, root: str, allow_download: bool) -> str:
                 f"the weights of {model} are not in the cache: {target} does not exist "
                 f"(cache directory: {root}).\n{how}"
             )
-        expected = _expected_sha256(url)
-        if not (_is_trusted(target, expected) or _verify_and_mark(target, expected, url)):
+        cached = cached_file(url, root)
+        if cached is None:
             raise _UsageError(
                 f"{target} exists but its SHA256 does not match the release (an incomplete or "
                 f"damaged download?). Delete it, then:\n{how}"
             )
-        return target
+        return cached
     if os.path.isfile(model):
         return model
     if os.path.isdir(model):

@@ -38,7 +38,7 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
     import msvcrt
 
-__all__ = ["DownloadError", "default_cache_dir"]
+__all__ = ["DownloadError", "cached_file", "default_cache_dir"]
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +166,26 @@ def _download(url: str, root: str) -> str:
             raise DownloadError(f"cannot move the verified download into place: {exc}", url, target) from exc
         _write_marker(target, expected, os.stat(target))
     return target
+
+
+def cached_file(url: str, root: str) -> Optional[str]:
+    """The verified file for `url` in `root` if it is there; never touches the network.
+
+    Returns ``os.path.join(root, os.path.basename(url))`` when that file exists and its SHA256
+    matches the one in `url` (trusted from ``<file>.verified`` while its size and mtime are
+    unchanged, else hashed and, when correct, marked), or None when it is absent or does not match.
+
+    Raises:
+        DownloadError: the file exists but cannot be read.
+        ValueError: `url` does not carry a SHA256.
+    """
+    expected = _expected_sha256(url)
+    target = os.path.join(root, os.path.basename(url))
+    if not os.path.isfile(target):
+        return None
+    if _is_trusted(target, expected) or _verify_and_mark(target, expected, url):
+        return target
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
