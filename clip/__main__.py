@@ -232,7 +232,14 @@ def _checkpoint_to_load(model: str, root: str, allow_download: bool) -> str:
     if os.path.isfile(model):
         return model
     if os.path.isdir(model):
-        raise _UsageError(f"--model {model}: is a directory; pass a checkpoint file inside it")
+        from ._formats import DIRECTORY_WEIGHT_FILES
+
+        if any(os.path.isfile(os.path.join(model, name)) for name in DIRECTORY_WEIGHT_FILES):
+            return model  # a transformers model directory, or a folder of a hub copy
+        raise _UsageError(
+            f"--model {model}: is a directory without model weights ({', '.join(DIRECTORY_WEIGHT_FILES)}); "
+            "pass a checkpoint file inside it"
+        )
     raise _UsageError(
         f"--model {model}: neither a released model ({', '.join(available_models())}) nor an "
         "existing checkpoint file"

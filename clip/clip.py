@@ -199,10 +199,8 @@ def _resolve_dtype(dtype: Optional[torch.dtype], jit: bool) -> Optional[torch.dt
 def _resolve_path(name: str, download_root: Optional[str]) -> str:
     if name in _MODELS:
         return _download(_MODELS[name], download_root or default_cache_dir())
-    if os.path.isfile(name):
+    if os.path.isfile(name) or os.path.isdir(name):  # a directory: a transformers model folder
         return name
-    if os.path.isdir(name):
-        raise CheckpointError(f"{name!r} is a directory; pass the path of a checkpoint file (.pt) inside it")
     if os.path.exists(name):  # a device, a pipe, a socket: never read (it could block or never end)
         raise CheckpointError(f"{name!r} is not a regular file; pass the path of a checkpoint file (.pt)")
     raise RuntimeError(f"Model {name} not found; available models = {available_models()}")
