@@ -199,10 +199,12 @@ def _checkpoint_to_load(model: str, root: str, allow_download: bool) -> str:
     """What to pass to `clip.load`: the name (download allowed), the verified cached file, or a path.
 
     Without permission to download, nothing here touches the network: a released model must already
-    be in `root` with the right SHA256, or a _UsageError says how to provide it.
+    be on disk (the release file in `root` with the right SHA256, or a hub copy `clip.load` would
+    find: see clip/_sources.py), or a _UsageError says how to provide it.
     """
-    from ._download import cached_file
-    from .clip import _MODELS, available_models
+    from ._hub import hf_cache_dir
+    from ._sources import find_on_disk
+    from .clip import _MODELS, _hub_files, available_models
 
     if model in _MODELS:
         if allow_download:
@@ -217,18 +219,24 @@ def _checkpoint_to_load(model: str, root: str, allow_download: bool) -> str:
             f"  - use another cache directory that holds it: --download-root DIR or CLIP_CACHE_DIR=DIR\n"
             f"  - pass a checkpoint file instead: --model path/to/checkpoint.pt"
         )
+        try:
+            located = find_on_disk(url, _hub_files(model), root)
+        except ValueError as exc:  # CLIP_WEIGHTS_SOURCE set to something else than auto/release/hub
+            raise _UsageError(str(exc)) from exc
+        if located is not None:
+            if not located.is_release_file:
+                print(f"clip: using {located.source} ({located.path})", file=sys.stderr)
+            return located.path
         if not os.path.isfile(target):
             raise _UsageError(
                 f"the weights of {model} are not in the cache: {target} does not exist "
-                f"(cache directory: {root}).\n{how}"
+                f"(cache directory: {root}; no hub copy there or in the Hugging Face cache "
+                f"{hf_cache_dir()} either).\n{how}"
             )
-        cached = cached_file(url, root)
-        if cached is None:
-            raise _UsageError(
-                f"{target} exists but its SHA256 does not match the release (an incomplete or "
-                f"damaged download?). Delete it, then:\n{how}"
-            )
-        return cached
+        raise _UsageError(
+            f"{target} exists but its SHA256 does not match the release (an incomplete or "
+            f"damaged download?). Delete it, then:\n{how}"
+        )
     if os.path.isfile(model):
         return model
     if os.path.isdir(model):
