@@ -116,7 +116,7 @@ def fetch_weights(name: str, url: str, hub_files: Sequence[HubFile], root: str) 
     if located is None:
         raise DownloadError(_failure_report(name, failures, hub_files, root), url, release_target)
     if not located.is_release_file:
-        warnings.warn(f"clip.load({name!r}): using {located.source} ({located.path})", stacklevel=3)
+        warnings.warn(f"clip.load({name!r}): using {located.source} ({located.path})", stacklevel=4)
     logger.info("weights of %s: %s (%s)", name, located.path, located.source)
     return located
 
