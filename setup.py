@@ -16,6 +16,8 @@ TEST_REQUIREMENTS = [
     "ipykernel",
     "matplotlib",
     "scikit-image",
+    "transformers",  # oracle of the differential tests (tests/test_differential.py)
+    "open_clip_torch",  # oracle of the differential tests
 ]
 
 
