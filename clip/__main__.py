@@ -40,8 +40,10 @@ weights:
   else $CLIP_CACHE_DIR, else ~/.cache/clip. The file is downloaded (and its SHA256 checked) only
   with --download or {ALLOW_DOWNLOAD_ENV}={ALLOW_DOWNLOAD_VALUE}; otherwise a missing file is
   reported with its download URL and where to put it. A cached file is always checked against
-  its SHA256. --model also takes the path of a checkpoint file (a released .pt archive or a
-  state dict saved with torch.save), which is never downloaded.
+  its SHA256. A copy of the same model in the Hugging Face cache (open_clip's or transformers')
+  is used too (see CLIP_WEIGHTS_SOURCE in the README). --model also takes the path of a
+  checkpoint file or model directory in any format clip.load reads, which is never downloaded.
+  `clip convert SRC DST` writes a model as .safetensors or (--to hf) a transformers directory.
 
 exit status:
   {EXIT_OK}  the probabilities were printed
