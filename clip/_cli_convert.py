@@ -13,7 +13,10 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Dict, List
+from typing import TYPE_CHECKING, Dict, List, Optional
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["main"]
 
@@ -87,7 +90,7 @@ class _UsageError(Exception):
     pass
 
 
-def _source_path(src: str, download_root: "str | None", download: bool) -> str:
+def _source_path(src: str, download_root: Optional[str], download: bool) -> str:
     from ._download import default_cache_dir
     from ._sources import fetch_weights, find_on_disk
     from .clip import _MODELS, _hub_files
@@ -110,7 +113,7 @@ def _source_path(src: str, download_root: "str | None", download: bool) -> str:
     return located.path
 
 
-def _release_weights(path: str) -> "Dict[str, object]":
+def _release_weights(path: str) -> "Dict[str, torch.Tensor]":
     """The weights in the release's layout and dtypes (fp16 where the release stores fp16)."""
     from ._formats import read_state_dict
     from .model import build_model
@@ -119,22 +122,22 @@ def _release_weights(path: str) -> "Dict[str, object]":
     return dict(model.state_dict())
 
 
-def _write_release(weights: "Dict[str, object]", dst: str) -> None:
+def _write_release(weights: "Dict[str, torch.Tensor]", dst: str) -> None:
     from ._safetensors import write_safetensors
 
-    write_safetensors(weights, dst, RELEASE_METADATA)  # type: ignore[arg-type]
+    write_safetensors(weights, dst, RELEASE_METADATA)
 
 
-def _write_hf(weights: "Dict[str, object]", dst: str) -> None:
+def _write_hf(weights: "Dict[str, torch.Tensor]", dst: str) -> None:
     import torch
 
     from ._layouts import hf_config, hf_from_release
     from ._safetensors import write_safetensors
     from .model import CLIPDimensions
 
-    dims = CLIPDimensions.from_state_dict(weights)  # type: ignore[arg-type]
+    dims = CLIPDimensions.from_state_dict(weights)
     config = hf_config(dims)  # ValueError for ResNet models, before anything is written
-    tensors = {k: v.to(torch.float32) for k, v in hf_from_release(weights).items()}  # type: ignore[arg-type]
+    tensors = {k: v.to(torch.float32) for k, v in hf_from_release(weights).items()}
     parent = os.path.dirname(os.path.abspath(dst))
     os.makedirs(parent, exist_ok=True)
     scratch = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.", dir=parent)
