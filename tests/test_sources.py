@@ -250,7 +250,7 @@ def test_concurrent_processes_share_one_hub_download(
 ) -> None:
     _release_fails(world, "404", monkeypatch)
     server: FileServer = world["server"]
-    server.route(world["storage"]).chunk_delay_s = 0.05  # slow: the others wait on the lock
+    server.route(world["storage"]).stall_s = 0.5  # the first download is in flight while the others wait
     context = multiprocessing.get_context("fork")
     results = context.Queue()
     with warnings.catch_warnings():
