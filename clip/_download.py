@@ -13,6 +13,10 @@ segment of `url`) and adds what the original lacked:
 * a verified file is trusted on later calls while its size and mtime match ``<file>.verified``;
 * every failure raises :class:`DownloadError`, naming the URL, the target path and how to place the
   file by hand.
+
+For the rest of the package: `download_verified` (the same for any URL, target and announced
+SHA256 and size: the hub copies), `cached_file` (the cache-only lookup of a release file) and
+`verified_earlier` (a file this module verified and nobody changed since).
 """
 
 import contextlib

@@ -41,6 +41,7 @@ TRUE_VALUES = ("1", "true", "yes", "on")
 REVISION = "main"
 MAX_METADATA_HOPS = 5  # redirects followed between hub URLs before the storage URL (renamed repos)
 REDIRECT_CODES = (301, 302, 303, 307, 308)
+ALLOWED_SCHEMES = ("http", "https")
 
 _SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 _REVISION_RE = re.compile(r"^[0-9A-Za-z._-]+$")
@@ -150,6 +151,13 @@ def _metadata(url: str, target: str) -> Tuple[str, str, Optional[int]]:
             if exc.code not in REDIRECT_CODES:
                 raise DownloadError(f"the hub answered HTTP {exc.code} {exc.reason}", url, target) from exc
             headers, location = exc.headers, urllib.parse.urljoin(current, exc.headers.get("Location", ""))
+            if urllib.parse.urlsplit(location).scheme not in ALLOWED_SCHEMES:
+                raise DownloadError(
+                    f"the hub redirected to {location!r}; only {' and '.join(ALLOWED_SCHEMES)} URLs are "
+                    "followed",
+                    url,
+                    target,
+                ) from exc
         except (OSError, HTTPException) as exc:
             reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
             raise DownloadError(f"the hub could not be reached: {reason!r}", url, target) from exc

@@ -162,7 +162,7 @@ def test_hub_download_resumes_with_range(world: Dict[str, Any], monkeypatch: pyt
     assert ranges == [None, "bytes=20000-"]
 
 
-@pytest.mark.parametrize("lie", ["hash", "size", "no hash"])
+@pytest.mark.parametrize("lie", ["hash", "size", "no hash", "local file"])
 def test_a_hub_that_lies_is_refused_and_leaves_nothing(
     world: Dict[str, Any], monkeypatch: pytest.MonkeyPatch, lie: str
 ) -> None:
@@ -175,9 +175,16 @@ def test_a_hub_that_lies_is_refused_and_leaves_nothing(
     elif lie == "size":
         route.headers["X-Linked-Size"] = str(len(world["hub_payload"]) + 1)
         expected = "not the announced"
-    else:
+    elif lie == "no hash":
         del route.headers["X-Linked-Etag"]
         expected = "did not announce the file's SHA256"
+    else:  # a redirect to a file of this machine, announced with that file's hash
+        local = world["tmp"] / "secret.txt"
+        local.write_bytes(b"not for the cache")
+        route.location = local.as_uri()
+        route.headers["X-Linked-Etag"] = f'"{sha256_hex(b"not for the cache")}"'
+        route.headers["X-Linked-Size"] = str(len(b"not for the cache"))
+        expected = "only http and https URLs are followed"
     before = _listing(world["tmp"])
     with pytest.raises(DownloadError, match=expected) as info:
         _load(world)
