@@ -113,13 +113,22 @@ def _tensor(
     return flat.view(shape)
 
 
+def _standalone(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` on the CPU, contiguous and owning its whole storage (the library refuses views
+    that share memory); copied only where needed."""
+    tensor = tensor.detach().cpu().contiguous()
+    if tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size():
+        tensor = tensor.clone()
+    return tensor
+
+
 def write_safetensors(
     tensors: Mapping[str, torch.Tensor], path: str, metadata: Optional[Mapping[str, str]] = None
 ) -> None:
-    """Write `tensors` (CPU, contiguous copies are made as needed) to `path` atomically."""
+    """Write `tensors` to `path` atomically (a temporary file in the same folder, then a rename)."""
     from safetensors.torch import save_file
 
-    owned = {name: tensor.detach().cpu().contiguous().clone() for name, tensor in tensors.items()}
+    owned = {name: _standalone(tensor) for name, tensor in tensors.items()}
     directory, base = os.path.split(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
     os.close(fd)
