@@ -18,6 +18,8 @@ TEST_REQUIREMENTS = [
     "matplotlib",
     "scikit-image",
     "scikit-learn",
+    "transformers",  # oracle of the differential tests (tests/test_differential.py)
+    "open_clip_torch",  # oracle of the differential tests
 ]
 
 

@@ -9,6 +9,9 @@ recorded on cuda:0), then, for each side, `--repeats` times in a fresh process o
 - times `clip.load(archive, device="cpu", jit=False)`,
 - reads the peak RSS again: peak memory of loading = peak - baseline.
 
+Our side also loads the same weights written by ``clip convert`` as a release-layout
+``.safetensors`` file (issue 13: at least as fast as the archive), interleaved with the others.
+
 It prints the median load time of each side and their ratio, and each side's peak memory relative
 to the size of the fp32 model (the result: 151,277,313 x 4 bytes), after checking that both sides
 gave the same weights. The archive is read once beforehand so that both sides find it in the page
@@ -69,6 +72,8 @@ FP32_BYTES = 4
 MIB = 1024 * 1024
 GOAL_SPEEDUP = 5.0
 GOAL_PEAK_RATIO = 1.5
+SAFETENSORS_NAME = "ViT-B-32-random.safetensors"
+GOAL_SAFETENSORS_SPEEDUP = 1.0  # issue 13: our .safetensors loads at least as fast as the archive
 
 # Runs in a fresh interpreter: argv[1] = archive. Prints one JSON line.
 _CHILD = r"""
@@ -141,6 +146,16 @@ def _build(workdir_name: str) -> None:
         os.replace(partial, target)  # only a complete archive ever sits at the final path
 
 
+def build_safetensors(archive: Path) -> Path:
+    """The same weights as `archive`, written by ``clip convert`` as a release-layout .safetensors."""
+    target = archive.with_name(SAFETENSORS_NAME)
+    if not target.is_file():
+        env, cwd = _common.ours_env()
+        command = [sys.executable, "-m", "clip", "convert", str(archive), str(target)]
+        subprocess.run(command, cwd=cwd, env=env, check=True, capture_output=True)
+    return target
+
+
 def _measure(side: str, archive: Path, oracle: str) -> Dict[str, Any]:
     # the original's working directory is outside the repository: our own clip/ must not shadow it
     env, cwd = _common.side_env(side, oracle)
@@ -168,15 +183,18 @@ def run(
     """Measure both sides; return the figures (seconds, peak bytes, ratios) as a dict."""
     oracle = _common.resolve_oracle(oracle)
     archive = build_archive(Path(os.path.expanduser(workdir or DEFAULT_WORKDIR)))
+    safetensors = build_safetensors(archive)
     _warm_page_cache(archive)
-    runs: Dict[str, List[Dict[str, Any]]] = {"ours": [], "original": []}
+    _warm_page_cache(safetensors)
+    runs: Dict[str, List[Dict[str, Any]]] = {"ours": [], "original": [], "safetensors": []}
     for _ in range(repeats):
-        for side in ("original", "ours"):  # interleaved, so drifting machine load hits both
-            runs[side].append(_measure(side, archive, oracle))
+        for side in ("original", "ours", "safetensors"):  # interleaved, so drifting load hits all
+            path = safetensors if side == "safetensors" else archive
+            runs[side].append(_measure("ours" if side == "safetensors" else side, path, oracle))
 
-    ours, original = runs["ours"], runs["original"]
-    if {r["weights_sha256"] for r in ours + original} != {ours[0]["weights_sha256"]}:
-        raise RuntimeError("the two sides loaded different weights")
+    ours, original, ours_st = runs["ours"], runs["original"], runs["safetensors"]
+    if {r["weights_sha256"] for r in ours + original + ours_st} != {ours[0]["weights_sha256"]}:
+        raise RuntimeError("the sides loaded different weights")
     fp32_bytes = VIT_B_32_PARAMS * FP32_BYTES
     assert ours[0]["parameters"] == VIT_B_32_PARAMS, ours[0]["parameters"]
 
@@ -195,6 +213,10 @@ def run(
         "ours_all_s": [r["seconds"] for r in ours],
         "original_all_s": [r["seconds"] for r in original],
     }
+    figures["ours_safetensors_s"] = median(ours_st, "seconds")
+    figures["ours_safetensors_peak_bytes"] = median(ours_st, "peak_bytes")
+    figures["safetensors_bytes"] = safetensors.stat().st_size
+    figures["safetensors_speedup"] = figures["ours_s"] / figures["ours_safetensors_s"]
     figures["speedup"] = figures["original_s"] / figures["ours_s"]
     figures["ours_peak_ratio"] = figures["ours_peak_bytes"] / fp32_bytes
     figures["original_peak_ratio"] = figures["original_peak_bytes"] / fp32_bytes
@@ -223,6 +245,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         f"peak memory of loading:  original {f['original_peak_bytes'] / MIB:.0f} MiB "
         f"({f['original_peak_ratio']:.2f}x fp32 model)   ours {f['ours_peak_bytes'] / MIB:.0f} MiB "
         f"({f['ours_peak_ratio']:.2f}x; goal <= {GOAL_PEAK_RATIO}x)"
+    )
+    print(
+        f"ours, our .safetensors vs the release archive (same weights):  .safetensors "
+        f"{f['ours_safetensors_s']:.2f} s   archive {f['ours_s']:.2f} s   "
+        f"{f['safetensors_speedup']:.2f}x (goal >= {GOAL_SAFETENSORS_SPEEDUP:.0f}x)"
     )
     print(f"goals met: {f['meets_goals']}   (benchmark wall time {time.perf_counter() - start:.0f} s)")
 

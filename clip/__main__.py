@@ -40,8 +40,10 @@ weights:
   else $CLIP_CACHE_DIR, else ~/.cache/clip. The file is downloaded (and its SHA256 checked) only
   with --download or {ALLOW_DOWNLOAD_ENV}={ALLOW_DOWNLOAD_VALUE}; otherwise a missing file is
   reported with its download URL and where to put it. A cached file is always checked against
-  its SHA256. --model also takes the path of a checkpoint file (a released .pt archive or a
-  state dict saved with torch.save), which is never downloaded.
+  its SHA256. A copy of the same model in the Hugging Face cache (open_clip's or transformers')
+  is used too (see CLIP_WEIGHTS_SOURCE in the README). --model also takes the path of a
+  checkpoint file or model directory in any format clip.load reads, which is never downloaded.
+  `clip convert SRC DST` writes a model as .safetensors or (--to hf) a transformers directory.
 
 exit status:
   {EXIT_OK}  the probabilities were printed
@@ -116,6 +118,7 @@ SUBCOMMANDS: Dict[str, str] = {
     "classify": "clip._cli_classify",
     "embed": "clip._cli_embed",
     "search": "clip._cli_search",
+    "convert": "clip._cli_convert",
 }
 
 
@@ -203,10 +206,12 @@ def _checkpoint_to_load(model: str, root: str, allow_download: bool) -> str:
     """What to pass to `clip.load`: the name (download allowed), the verified cached file, or a path.
 
     Without permission to download, nothing here touches the network: a released model must already
-    be in `root` with the right SHA256, or a _UsageError says how to provide it.
+    be on disk (the release file in `root` with the right SHA256, or a hub copy `clip.load` would
+    find: see clip/_sources.py), or a _UsageError says how to provide it.
     """
-    from ._download import _expected_sha256, _is_trusted, _verify_and_mark
-    from .clip import _MODELS, available_models
+    from ._hub import hf_cache_dir
+    from ._sources import find_on_disk
+    from .clip import _MODELS, _hub_files, available_models
 
     if model in _MODELS:
         if allow_download:
@@ -221,22 +226,35 @@ def _checkpoint_to_load(model: str, root: str, allow_download: bool) -> str:
             f"  - use another cache directory that holds it: --download-root DIR or CLIP_CACHE_DIR=DIR\n"
             f"  - pass a checkpoint file instead: --model path/to/checkpoint.pt"
         )
+        try:
+            located = find_on_disk(url, _hub_files(model), root)
+        except ValueError as exc:  # CLIP_WEIGHTS_SOURCE set to something else than auto/release/hub
+            raise _UsageError(str(exc)) from exc
+        if located is not None:
+            if not located.is_release_file:
+                print(f"clip: using {located.source} ({located.path})", file=sys.stderr)
+            return located.path
         if not os.path.isfile(target):
             raise _UsageError(
                 f"the weights of {model} are not in the cache: {target} does not exist "
-                f"(cache directory: {root}).\n{how}"
+                f"(cache directory: {root}; no hub copy there or in the Hugging Face cache "
+                f"{hf_cache_dir()} either).\n{how}"
             )
-        expected = _expected_sha256(url)
-        if not (_is_trusted(target, expected) or _verify_and_mark(target, expected, url)):
-            raise _UsageError(
-                f"{target} exists but its SHA256 does not match the release (an incomplete or "
-                f"damaged download?). Delete it, then:\n{how}"
-            )
-        return target
+        raise _UsageError(
+            f"{target} exists but its SHA256 does not match the release (an incomplete or "
+            f"damaged download?). Delete it, then:\n{how}"
+        )
     if os.path.isfile(model):
         return model
     if os.path.isdir(model):
-        raise _UsageError(f"--model {model}: is a directory; pass a checkpoint file inside it")
+        from ._formats import DIRECTORY_WEIGHT_FILES
+
+        if any(os.path.isfile(os.path.join(model, name)) for name in DIRECTORY_WEIGHT_FILES):
+            return model  # a transformers model directory, or a folder of a hub copy
+        raise _UsageError(
+            f"--model {model}: is a directory without model weights ({', '.join(DIRECTORY_WEIGHT_FILES)}); "
+            "pass a checkpoint file inside it"
+        )
     raise _UsageError(
         f"--model {model}: neither a released model ({', '.join(available_models())}) nor an "
         "existing checkpoint file"

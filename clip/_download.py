@@ -13,6 +13,10 @@ segment of `url`) and adds what the original lacked:
 * a verified file is trusted on later calls while its size and mtime match ``<file>.verified``;
 * every failure raises :class:`DownloadError`, naming the URL, the target path and how to place the
   file by hand.
+
+For the rest of the package: `download_verified` (the same for any URL, target and announced
+SHA256 and size: the hub copies), `cached_file` (the cache-only lookup of a release file) and
+`verified_earlier` (a file this module verified and nobody changed since).
 """
 
 import contextlib
@@ -38,7 +42,14 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
     import msvcrt
 
-__all__ = ["DownloadError", "default_cache_dir"]
+__all__ = [
+    "DownloadError",
+    "cached_file",
+    "default_cache_dir",
+    "download_verified",
+    "timeout_seconds",
+    "verified_earlier",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +126,18 @@ def _download(url: str, root: str) -> str:
     """
     expected = _expected_sha256(url)
     target = os.path.join(root, os.path.basename(url))
+    return download_verified(url, target, expected)
 
+
+def download_verified(url: str, target: str, expected: str, size: Optional[int] = None) -> str:
+    """Return `target`, a file whose SHA256 is `expected` (and size `size`, when given), fetching
+    it from `url` if needed: lock, resume, verification and atomic rename as for `_download`.
+
+    Raises:
+        DownloadError: on network, HTTP, timeout, checksum, size or disk errors; nothing is left at
+            `target` (a partial download of a network failure stays as ``<target>.partial``).
+    """
+    root = os.path.dirname(target) or "."
     try:
         os.makedirs(root, exist_ok=True)
     except OSError as exc:
@@ -159,13 +181,55 @@ def _download(url: str, root: str) -> str:
             _remove(target + VERIFIED_SUFFIX)
             _remove(target)
         _fetch(url, target, expected, _timeout_s())
+        partial = target + PARTIAL_SUFFIX
+        if size is not None and os.path.getsize(partial) != size:
+            actual = os.path.getsize(partial)
+            _remove(partial)
+            raise DownloadError(
+                f"the downloaded file has {actual} bytes, not the announced {size}; the download was "
+                "discarded",
+                url,
+                target,
+            )
         try:
-            os.replace(target + PARTIAL_SUFFIX, target)
+            os.replace(partial, target)
         except OSError as exc:
-            _remove(target + PARTIAL_SUFFIX)
+            _remove(partial)
             raise DownloadError(f"cannot move the verified download into place: {exc}", url, target) from exc
         _write_marker(target, expected, os.stat(target))
     return target
+
+
+def verified_earlier(target: str) -> bool:
+    """True if `target` was verified by a download here and is unchanged since (its
+    ``<target>.verified`` record matches its size and mtime). Reads no file contents."""
+    try:
+        with open(target + VERIFIED_SUFFIX, encoding="utf-8") as handle:
+            record = json.load(handle)
+    except (OSError, ValueError):
+        return False
+    digest = record.get("sha256") if isinstance(record, dict) else None
+    return isinstance(digest, str) and _is_trusted(target, digest)
+
+
+def cached_file(url: str, root: str) -> Optional[str]:
+    """The verified file for `url` in `root` if it is there; never touches the network.
+
+    Returns ``os.path.join(root, os.path.basename(url))`` when that file exists and its SHA256
+    matches the one in `url` (trusted from ``<file>.verified`` while its size and mtime are
+    unchanged, else hashed and, when correct, marked), or None when it is absent or does not match.
+
+    Raises:
+        DownloadError: the file exists but cannot be read.
+        ValueError: `url` does not carry a SHA256.
+    """
+    expected = _expected_sha256(url)
+    target = os.path.join(root, os.path.basename(url))
+    if not os.path.isfile(target):
+        return None
+    if _is_trusted(target, expected) or _verify_and_mark(target, expected, url):
+        return target
+    return None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -178,6 +242,14 @@ def _expected_sha256(url: str) -> str:
     if not _SHA256_RE.match(digest):
         raise ValueError(f"the URL {url!r} does not carry a SHA256 as its second-to-last path segment")
     return digest.lower()
+
+
+def timeout_seconds() -> float:
+    """Seconds without a byte from a server before a download gives up (``CLIP_DOWNLOAD_TIMEOUT``).
+
+    Raises ValueError if the variable is set to anything but a positive number.
+    """
+    return _timeout_s()
 
 
 def _timeout_s() -> float:

@@ -12,9 +12,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import torch
 
 from ._checkpoint import CheckpointError, is_torchscript_archive, materialize_, read_state_dict
-from ._download import _download, default_cache_dir
+from ._download import _download, default_cache_dir  # noqa: F401 - the original's name
+from ._hub import HubFile
 from ._jit import load_jit
 from ._preprocess import BICUBIC, _convert_image_to_rgb, _transform  # noqa: F401 - the original's names
+from ._sources import fetch_weights
 from ._tokenize import tokenize
 from .model import build_model
 from .simple_tokenizer import SimpleTokenizer as _Tokenizer  # noqa: F401 - the original's name
@@ -34,6 +36,33 @@ _MODELS: Dict[str, str] = {
 }
 
 
+# Copies of the released weights on the Hugging Face hub, tried in this order when the release URL
+# fails: open_clip's (all nine models; the same two file names open_clip tries), then transformers'
+# (ViT models only). See clip/_sources.py for the whole source order.
+_HUB_OPEN_CLIP_FILES: Tuple[str, ...] = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+_HUB_TRANSFORMERS_FILE = "model.safetensors"
+_HUB_REPOS: Dict[str, Tuple[str, Optional[str]]] = {  # name: (open_clip repo, transformers repo)
+    "RN50": ("timm/resnet50_clip.openai", None),
+    "RN101": ("timm/resnet101_clip.openai", None),
+    "RN50x4": ("timm/resnet50x4_clip.openai", None),
+    "RN50x16": ("timm/resnet50x16_clip.openai", None),
+    "RN50x64": ("timm/resnet50x64_clip.openai", None),
+    "ViT-B/32": ("timm/vit_base_patch32_clip_224.openai", "openai/clip-vit-base-patch32"),
+    "ViT-B/16": ("timm/vit_base_patch16_clip_224.openai", "openai/clip-vit-base-patch16"),
+    "ViT-L/14": ("timm/vit_large_patch14_clip_224.openai", "openai/clip-vit-large-patch14"),
+    "ViT-L/14@336px": ("timm/vit_large_patch14_clip_336.openai", "openai/clip-vit-large-patch14-336"),
+}
+
+
+def _hub_files(name: str) -> List[HubFile]:
+    """The hub copies of a released model, in the order they are tried."""
+    open_clip_repo, transformers_repo = _HUB_REPOS.get(name, (None, None))
+    files = [HubFile(open_clip_repo, f) for f in _HUB_OPEN_CLIP_FILES] if open_clip_repo else []
+    if transformers_repo:
+        files.append(HubFile(transformers_repo, _HUB_TRANSFORMERS_FILE))
+    return files
+
+
 def available_models() -> List[str]:
     """Return the names of the released CLIP models, in the release's order."""
     return list(_MODELS.keys())
@@ -50,8 +79,10 @@ def load(
     """Load a CLIP model and the image transform that goes with it.
 
     Args:
-        name: a name from `available_models()` (downloaded once and verified by SHA256), or the
-            path of a checkpoint file: a released TorchScript archive or a `torch.save`d state dict.
+        name: a name from `available_models()` (found on disk or downloaded once, verified by
+            SHA256; see "Where the weights come from" in the README), or the path of a checkpoint
+            file or model directory in any format `clip._formats.read_state_dict` reads (release
+            archive, torch.save state dict, .safetensors, open_clip, transformers).
         device: "cpu", "cuda", "cuda:N", a `torch.device`, ... (case-insensitive). Default: "cuda"
             when a GPU is available, else "cpu", decided at call time.
         jit: False (default) builds the Python model from the weights, read without running any
@@ -198,11 +229,10 @@ def _resolve_dtype(dtype: Optional[torch.dtype], jit: bool) -> Optional[torch.dt
 
 def _resolve_path(name: str, download_root: Optional[str]) -> str:
     if name in _MODELS:
-        return _download(_MODELS[name], download_root or default_cache_dir())
-    if os.path.isfile(name):
+        root = download_root or default_cache_dir()
+        return fetch_weights(name, _MODELS[name], _hub_files(name), root).path
+    if os.path.isfile(name) or os.path.isdir(name):  # a directory: a transformers model folder
         return name
-    if os.path.isdir(name):
-        raise CheckpointError(f"{name!r} is a directory; pass the path of a checkpoint file (.pt) inside it")
     if os.path.exists(name):  # a device, a pipe, a socket: never read (it could block or never end)
         raise CheckpointError(f"{name!r} is not a regular file; pass the path of a checkpoint file (.pt)")
     raise RuntimeError(f"Model {name} not found; available models = {available_models()}")

@@ -20,7 +20,10 @@ Route options (combine freely):
 * ``stall_s`` / ``stall_after``: sleep that long before the response (``stall_after=None``) or
   after that many body bytes.
 * ``chunk_delay_s``: sleep between chunks of ``CHUNK_BYTES`` (a slow server, for races).
-* ``content_type`` and extra ``headers``.
+* ``content_type`` and extra ``headers`` (sent with redirects too).
+
+`FileServer.add_hub_file` serves a file the way the Hugging Face hub serves weights: a 302 from
+``/{repo}/resolve/main/{file}`` to a storage URL, announcing ``X-Linked-Etag`` / ``X-Linked-Size``.
 """
 
 import hashlib
@@ -112,6 +115,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_response(route.status)
             self.send_header("Location", route.location or "/")
             self.send_header("Content-Length", "0")
+            for name, value in route.headers.items():  # e.g. the hub's X-Linked-Etag / X-Linked-Size
+                self.send_header(name, value)
             self.end_headers()
             return
         if route.status != 200:
@@ -257,6 +262,29 @@ class FileServer:
     def add_model(self, name: str, payload: bytes, served: Optional[bytes] = None, **options: object) -> str:
         """Serve at ``/<sha256(payload)>/<name>`` the bytes `served` (default: `payload`)."""
         return self.add(f"/{sha256_hex(payload)}/{name}", payload if served is None else served, **options)
+
+    def add_hub_file(
+        self,
+        repo: str,
+        filename: str,
+        payload: bytes,
+        *,
+        announced_sha256: Optional[str] = None,
+        announced_size: Optional[int] = None,
+        **storage_options: object,
+    ) -> str:
+        """Serve `payload` as the Hugging Face hub does an LFS file; returns the hub URL.
+
+        ``/{repo}/resolve/main/{filename}`` answers 302 to a storage URL ``/storage/<sha256>``,
+        with ``X-Linked-Etag`` (quoted SHA256, default: the payload's) and ``X-Linked-Size``
+        (default: its length); `storage_options` are `Route` options of the storage URL.
+        """
+        digest = sha256_hex(payload)
+        storage = self.add(f"/storage/{digest}", payload, **storage_options)
+        sha = digest if announced_sha256 is None else announced_sha256
+        size = len(payload) if announced_size is None else announced_size
+        headers = {"X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(size), "ETag": '"0123abcd"'}
+        return self.add(f"/{repo}/resolve/main/{filename}", status=302, location=storage, headers=headers)
 
     def route(self, url_or_path: str) -> Route:
         """The Route behind a URL or path, to change its behaviour between requests."""

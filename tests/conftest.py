@@ -15,3 +15,21 @@ def http_server() -> Iterator[FileServer]:
     """A started `FileServer`, stopped after the test."""
     with FileServer() as server:
         yield server
+
+
+# ----------------------------------------------------------------------------------------------
+# Weight sources (clip/_sources.py): no test reaches the real Hugging Face hub or reads the
+# developer's own hub cache, except the real-weight tests (marker real_weights), which may use
+# them like clip.load does for users. Tests of those sources set the variables again themselves.
+
+
+@pytest.fixture(autouse=True)
+def _isolated_weight_sources(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if request.node.get_closest_marker("real_weights") is not None:
+        return
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path_factory.mktemp("empty-hf-cache")))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: refused at once
+    monkeypatch.delenv("CLIP_WEIGHTS_SOURCE", raising=False)

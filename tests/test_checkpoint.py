@@ -19,7 +19,7 @@ from _checkpoints import (
     tiny_state_dict,
 )
 
-from clip import _checkpoint
+from clip import _archive
 from clip._checkpoint import (
     CheckpointError,
     UnsafeCheckpointError,
@@ -343,7 +343,7 @@ def test_zip_bomb_member_is_refused(tmp_path: Path) -> None:
 
 
 def test_oversized_pickle_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_checkpoint, "MAX_PICKLE_BYTES", 64)
+    monkeypatch.setattr(_archive, "MAX_PICKLE_BYTES", 64)
     with pytest.raises(CheckpointError, match="refusing to read"):
         read_state_dict(release_archive("vit"))
 
