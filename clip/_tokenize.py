@@ -1,21 +1,23 @@
 """`clip.tokenize` and the lazily built, shared tokenizer.
 
 Nothing is built at import: the first call of `tokenize` (or `get_tokenizer`, or a read of
-`clip.clip._tokenizer`) reads the vocabulary, once, under a lock.
+`clip.clip._tokenizer`) reads the vocabulary, once, under a lock. Assigning
+`clip.clip._tokenizer = my_tokenizer` (or calling `set_tokenizer`) makes `tokenize` use another
+tokenizer, as in the original: anything with the original's `encode(text)` and `encoder` dict.
 """
 
 import operator
 import threading
 from functools import lru_cache
-from typing import Iterable, List, Optional, Union
+from typing import Any, Iterable, List, Optional, Union
 
 import torch
 
-from .simple_tokenizer import _ID_BYTES, SimpleTokenizer
+from .simple_tokenizer import _ID_BYTES, EOT_TEXT, SOT_TEXT, SimpleTokenizer
 
-__all__ = ["get_tokenizer", "tokenize"]
+__all__ = ["get_tokenizer", "set_tokenizer", "tokenize"]
 
-_tokenizer: Optional[SimpleTokenizer] = None
+_tokenizer: Optional[Any] = None  # a SimpleTokenizer unless one was assigned
 _tokenizer_lock = threading.Lock()
 
 # The original returns int32 from torch 1.8 on (int64 before).
@@ -26,8 +28,9 @@ _QUOTED_TEXT_CHARS = 10_000
 _QUOTED_HEAD_CHARS = 200
 
 
-def get_tokenizer() -> SimpleTokenizer:
-    """The shared `SimpleTokenizer`, built on first use (once, thread-safe)."""
+def get_tokenizer() -> Any:
+    """The tokenizer `tokenize` uses: the shared `SimpleTokenizer`, built on first use (once,
+    thread-safe), unless another was set with `set_tokenizer`."""
     global _tokenizer
     tokenizer = _tokenizer
     if tokenizer is None:
@@ -37,6 +40,18 @@ def get_tokenizer() -> SimpleTokenizer:
                 _tokenizer = SimpleTokenizer()
             tokenizer = _tokenizer
     return tokenizer
+
+
+def set_tokenizer(tokenizer: Optional[Any]) -> None:
+    """Make `tokenize` use `tokenizer` (what assigning `clip.clip._tokenizer` does); None restores
+    the shared `SimpleTokenizer`, built again on next use.
+
+    Any object with the original tokenizer's `encode(text) -> List[int]` and `encoder` dict (holding
+    "<|startoftext|>" and "<|endoftext|>") will do.
+    """
+    global _tokenizer
+    with _tokenizer_lock:
+        _tokenizer = tokenizer
 
 
 @lru_cache
@@ -116,6 +131,8 @@ def tokenize(
         return torch.zeros(0, length, dtype=dtype)
 
     tokenizer = get_tokenizer()
+    if type(tokenizer) is not SimpleTokenizer:  # one assigned by the user: only its encode is known
+        return _tokenize_with(tokenizer, items, length, truncate, dtype)
     packed_row = tokenizer._packed_row
     eot = tokenizer._eot_bytes
     row_bytes = length * _ID_BYTES
@@ -133,3 +150,20 @@ def tokenize(
         start += row_bytes
     tokens = torch.frombuffer(buffer, dtype=torch.int32).view(len(items), length)  # [N, context_length]
     return tokens if dtype == torch.int32 else tokens.to(dtype)
+
+
+def _tokenize_with(
+    tokenizer: Any, items: List[str], length: int, truncate: bool, dtype: torch.dtype
+) -> torch.Tensor:
+    """`tokenize` through a tokenizer's `encode` and `encoder` only: SOT, ids, EOT, zero padding."""
+    sot = tokenizer.encoder[SOT_TEXT]
+    eot = tokenizer.encoder[EOT_TEXT]
+    result = torch.zeros(len(items), length, dtype=dtype)
+    for index, text in enumerate(items):
+        ids = [sot, *tokenizer.encode(text), eot]
+        if len(ids) > length:
+            if not truncate:
+                raise RuntimeError(f"Input {_quoted(text)} is too long for context length {length}")
+            ids = ids[: length - 1] + [eot]
+        result[index, : len(ids)] = torch.tensor(ids, dtype=dtype)
+    return result
