@@ -244,10 +244,12 @@ class MultiheadAttention(nn.MultiheadAttention):
             return False
         if attn_mask is None:
             return True
+        if attn_mask.dim() != 2 or attn_mask.dtype != query.dtype:
+            return False
+        if torch.jit.is_tracing():  # sizes are traced values: comparing them would bake in a constant
+            return True
         seq = query.shape[0]
-        return (
-            attn_mask.dim() == 2 and attn_mask.dtype == query.dtype and tuple(attn_mask.shape) == (seq, seq)
-        )
+        return tuple(attn_mask.shape) == (seq, seq)
 
 
 MultiheadSelfAttention = MultiheadAttention  # the name of earlier versions of this package
