@@ -127,3 +127,39 @@ def test_download_without_root_uses_the_cache_dir(tmp_path: Path, monkeypatch: p
     monkeypatch.setenv("CLIP_CACHE_DIR", str(tmp_path))
     (tmp_path / "x.pt").write_bytes(payload)  # already there and verified: no network
     assert clip.clip._download(url) == os.path.join(str(tmp_path), "x.pt")
+
+
+def test_assigned_tokenizer_is_used_and_restored() -> None:
+    """`clip.clip._tokenizer = t` reroutes `clip.tokenize` (and its errors); `del` restores the default."""
+    default = clip.clip._tokenizer
+    expected = clip.tokenize(["a dog", "a cat"])
+
+    class Doubled(type(default)):
+        def encode(self, text: str) -> list:
+            return super().encode(text) * 2
+
+    clip.clip._tokenizer = Doubled()
+    try:
+        assert isinstance(clip.clip._tokenizer, Doubled)
+        doubled = clip.tokenize(["a dog", "a cat"])
+        ids = default.encode("a dog")
+        sot, eot = expected[0, 0].item(), default.encoder["<|endoftext|>"]
+        assert doubled[0, : 2 * len(ids) + 2].tolist() == [sot, *ids, *ids, eot]
+        assert doubled.dtype == expected.dtype and doubled.shape == expected.shape
+        with pytest.raises(RuntimeError, match="too long for context length 4"):
+            clip.tokenize("a dog", context_length=4)
+    finally:
+        del clip.clip._tokenizer
+    assert torch.equal(clip.tokenize(["a dog", "a cat"]), expected)
+    assert type(clip.clip._tokenizer) is type(default)
+
+
+def test_tokenizer_reads_a_binary_file_object() -> None:
+    from clip.simple_tokenizer import SimpleTokenizer, default_bpe
+
+    with open(default_bpe(), "rb") as raw:
+        from_file = SimpleTokenizer(bpe_path=raw)
+        assert not raw.closed  # the caller's file stays the caller's
+    from_path = SimpleTokenizer(bpe_path=Path(default_bpe()))
+    text = "Hello, World! a photo of 2 cats"
+    assert from_file.encode(text) == from_path.encode(text) == clip.clip._tokenizer.encode(text)

@@ -720,3 +720,23 @@ def test_encoders_export_trace_and_compile(tower: str, tiny_vit: CLIP) -> None:
             warnings.filterwarnings("ignore", category=FutureWarning)  # trace itself is deprecated
             traced = torch.jit.trace(module, x)
         torch.testing.assert_close(traced(x), eager, rtol=0, atol=0)
+
+
+def test_token_range_is_not_read_back_from_other_devices(tiny_vit: CLIP) -> None:
+    """On the CPU the range check raises; elsewhere it must not copy ids to the host (meta: no data)."""
+    with pytest.raises(ValueError, match=r"\[0, 49408\)"):
+        tiny_vit.encode_text(torch.full((1, 77), 49408))
+    on_meta = build_model(factory.make_meta_state_dict("tiny-vit"))
+    features = on_meta.encode_text(torch.zeros((2, 77), dtype=torch.int64, device="meta"))
+    assert features.is_meta and features.shape == (2, 64)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_token_range_on_cuda_is_asserted_asynchronously(
+    tiny_vit: CLIP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asserted = []
+    monkeypatch.setattr(torch, "_assert_async", lambda flag, msg: asserted.append((flag.device.type, msg)))
+    model = copy.deepcopy(tiny_vit).cuda()
+    model.encode_text(torch.zeros((1, 77), dtype=torch.int64, device="cuda"))
+    assert asserted and asserted[0][0] == "cuda" and "49408" in asserted[0][1]
