@@ -107,6 +107,9 @@ def tokenize(
 ) -> Union[torch.IntTensor, torch.LongTensor]:
     """Tokenized representation of the given text(s), as the original `clip.tokenize`.
 
+    The ids come from `clip.clip._tokenizer` (the shared `SimpleTokenizer` unless another was
+    assigned there).
+
     Args:
         texts: a str, or an iterable of str (a list, a tuple, a generator: it is read once).
         context_length: the row length; all CLIP models use 77.
