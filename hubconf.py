@@ -1,10 +1,13 @@
 """torch.hub entry points: one per released model, plus `tokenize`.
 
     model, preprocess = torch.hub.load("<owner>/<repo>", "ViT_B_32", device="cpu")
-    tokens = torch.hub.load("<owner>/<repo>", "tokenize", "a photo of a cat")
+    tokenize = torch.hub.load("<owner>/<repo>", "tokenize")   # the clip.tokenize function
+    tokens = tokenize("a photo of a cat")
 
-Entry-point names are the model names with "/", "-" and "@" turned into "_". Each takes the keyword
-arguments of `clip.load` (device, jit, download_root, dtype) and returns (model, preprocess).
+The model entry points are made from `clip.available_models()`: each name with "/", "-" and "@"
+turned into "_" (ViT-L/14@336px -> ViT_L_14_336px). Each takes the keyword arguments of `clip.load`
+(device, jit, download_root, dtype) and returns (model, preprocess). torch.hub finds them with
+getattr on this module, so they are module-level names.
 """
 
 import typing as _typing
@@ -32,17 +35,11 @@ def _make_entry_point(model_name: str) -> _typing.Callable[..., _typing.Tuple[_t
     return entry_point
 
 
-RN50 = _make_entry_point("RN50")
-RN101 = _make_entry_point("RN101")
-RN50x4 = _make_entry_point("RN50x4")
-RN50x16 = _make_entry_point("RN50x16")
-RN50x64 = _make_entry_point("RN50x64")
-ViT_B_32 = _make_entry_point("ViT-B/32")
-ViT_B_16 = _make_entry_point("ViT-B/16")
-ViT_L_14 = _make_entry_point("ViT-L/14")
-ViT_L_14_336px = _make_entry_point("ViT-L/14@336px")
+for _model_name in _clip.available_models():
+    globals()[_entry_point_name(_model_name)] = _make_entry_point(_model_name)
+del _model_name
 
 
-def tokenize(*args: _typing.Any, **kwargs: _typing.Any) -> _typing.Any:
-    """`clip.tokenize`: text(s) -> (N, context_length) token ids."""
-    return _clip.tokenize(*args, **kwargs)
+def tokenize() -> _typing.Callable[..., _typing.Any]:
+    """Return `clip.tokenize` (text(s) -> (N, context_length) token ids), as the release's hubconf."""
+    return _clip.tokenize

@@ -1,8 +1,8 @@
 """Verified, resumable, lock-protected downloads of the released checkpoints.
 
-`_download(url, root)` keeps the original's signature and result (the path
-``os.path.join(root, os.path.basename(url))`` of a file whose SHA256 equals the second-to-last
-segment of `url`) and adds what the original lacked:
+`_download(url, root=None)` keeps the original's signature (`root` optional, the cache directory by
+default, as in its early releases) and result (the path ``os.path.join(root, os.path.basename(url))``
+of a file whose SHA256 equals the second-to-last segment of `url`) and adds what the original lacked:
 
 * the SHA256 is computed while the bytes stream in (no second read of the file);
 * bytes go to ``<file>.partial`` and are renamed into place only once verified, so a failed or
@@ -110,12 +110,12 @@ def default_cache_dir() -> str:
     return os.path.expanduser(configured if configured else DEFAULT_CACHE_DIR)
 
 
-def _download(url: str, root: str) -> str:
+def _download(url: str, root: Optional[str] = None) -> str:
     """Return the path of the verified file for `url` inside `root`, downloading it if needed.
 
     Args:
         url: a URL whose second-to-last path segment is the SHA256 of the file.
-        root: the directory to keep the file in; created if missing.
+        root: the directory to keep the file in; created if missing. Default: `default_cache_dir()`.
 
     Returns:
         ``os.path.join(root, os.path.basename(url))``, a file whose SHA256 has been checked.
@@ -124,6 +124,8 @@ def _download(url: str, root: str) -> str:
         DownloadError: (a RuntimeError) on network, HTTP, timeout, checksum or disk errors.
         ValueError: if `url` does not carry a SHA256, or ``CLIP_DOWNLOAD_TIMEOUT`` is invalid.
     """
+    if root is None:
+        root = default_cache_dir()
     expected = _expected_sha256(url)
     target = os.path.join(root, os.path.basename(url))
     return download_verified(url, target, expected)

@@ -1,20 +1,22 @@
 """`clip.tokenize` and the lazily built, shared tokenizer.
 
 Nothing is built at import: the first call of `tokenize` (or `get_tokenizer`, or a read of
-`clip.clip._tokenizer`) reads the vocabulary, once, under a lock.
+`clip.clip._tokenizer`) reads the vocabulary, once, under a lock. Assigning
+`clip.clip._tokenizer = my_tokenizer` (or calling `set_tokenizer`) makes `tokenize` use another
+tokenizer, as in the original: anything with the original's `encode(text)` and `encoder` dict.
 """
 
 import operator
 import threading
-from typing import Iterable, List, Optional, Union
+from typing import Any, Iterable, List, Optional, Union
 
 import torch
 
-from .simple_tokenizer import _ID_BYTES, SimpleTokenizer
+from .simple_tokenizer import _ID_BYTES, EOT_TEXT, SOT_TEXT, SimpleTokenizer
 
-__all__ = ["get_tokenizer", "tokenize"]
+__all__ = ["get_tokenizer", "set_tokenizer", "tokenize"]
 
-_tokenizer: Optional[SimpleTokenizer] = None
+_tokenizer: Optional[Any] = None  # a SimpleTokenizer unless one was assigned
 _tokenizer_lock = threading.Lock()
 
 # The original returns int32 on every torch this package supports (it gave int64 on torch < 1.8).
@@ -25,8 +27,9 @@ _QUOTED_TEXT_CHARS = 10_000
 _QUOTED_HEAD_CHARS = 200
 
 
-def get_tokenizer() -> SimpleTokenizer:
-    """The shared `SimpleTokenizer`, built on first use (once, thread-safe)."""
+def get_tokenizer() -> Any:
+    """The tokenizer `tokenize` uses: the shared `SimpleTokenizer`, built on first use (once,
+    thread-safe), unless another was set with `set_tokenizer`."""
     global _tokenizer
     tokenizer = _tokenizer
     if tokenizer is None:
@@ -35,6 +38,18 @@ def get_tokenizer() -> SimpleTokenizer:
                 _tokenizer = SimpleTokenizer()
             tokenizer = _tokenizer
     return tokenizer
+
+
+def set_tokenizer(tokenizer: Optional[Any]) -> None:
+    """Make `tokenize` use `tokenizer` (what assigning `clip.clip._tokenizer` does); None restores
+    the shared `SimpleTokenizer`, built again on next use.
+
+    Any object with the original tokenizer's `encode(text) -> List[int]` and `encoder` dict (holding
+    "<|startoftext|>" and "<|endoftext|>") will do.
+    """
+    global _tokenizer
+    with _tokenizer_lock:
+        _tokenizer = tokenizer
 
 
 def _as_text_list(texts: Union[str, Iterable[str]]) -> List[str]:
@@ -81,6 +96,9 @@ def tokenize(
 ) -> Union[torch.IntTensor, torch.LongTensor]:
     """Tokenized representation of the given text(s), as the original `clip.tokenize`.
 
+    The ids come from `clip.clip._tokenizer` (the shared `SimpleTokenizer` unless another was
+    assigned there).
+
     Args:
         texts: a str, or an iterable of str (a list, a tuple, a generator: it is read once).
         context_length: the row length; all CLIP models use 77.
@@ -105,6 +123,8 @@ def tokenize(
         return torch.zeros(0, length, dtype=dtype)
 
     tokenizer = get_tokenizer()
+    if type(tokenizer) is not SimpleTokenizer:  # one assigned by the user: only its encode is known
+        return _tokenize_with(tokenizer, items, length, truncate, dtype)
     packed_row = tokenizer._packed_row
     eot = tokenizer._eot_bytes
     row_bytes = length * _ID_BYTES
@@ -122,3 +142,20 @@ def tokenize(
         start += row_bytes
     tokens = torch.frombuffer(buffer, dtype=torch.int32).view(len(items), length)  # [N, context_length]
     return tokens if dtype == torch.int32 else tokens.to(dtype)
+
+
+def _tokenize_with(
+    tokenizer: Any, items: List[str], length: int, truncate: bool, dtype: torch.dtype
+) -> torch.Tensor:
+    """`tokenize` through a tokenizer's `encode` and `encoder` only: SOT, ids, EOT, zero padding."""
+    sot = tokenizer.encoder[SOT_TEXT]
+    eot = tokenizer.encoder[EOT_TEXT]
+    result = torch.zeros(len(items), length, dtype=dtype)
+    for index, text in enumerate(items):
+        ids = [sot, *tokenizer.encode(text), eot]
+        if len(ids) > length:
+            if not truncate:
+                raise RuntimeError(f"Input {_quoted(text)} is too long for context length {length}")
+            ids = ids[: length - 1] + [eot]
+        result[index, : len(ids)] = torch.tensor(ids, dtype=dtype)
+    return result

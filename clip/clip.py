@@ -6,6 +6,8 @@ The work itself lives in private modules, one per concern.
 """
 
 import os
+import sys
+import types
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
@@ -17,7 +19,7 @@ from ._hub import HubFile
 from ._jit import load_jit
 from ._preprocess import BICUBIC, _convert_image_to_rgb, _transform  # noqa: F401 - the original's names
 from ._sources import fetch_weights
-from ._tokenize import tokenize
+from ._tokenize import get_tokenizer, set_tokenizer, tokenize
 from .model import build_model
 from .simple_tokenizer import SimpleTokenizer as _Tokenizer  # noqa: F401 - the original's name
 
@@ -238,10 +240,25 @@ def _resolve_path(name: str, download_root: Optional[str]) -> str:
     raise RuntimeError(f"Model {name} not found; available models = {available_models()}")
 
 
-def __getattr__(name: str) -> Any:
-    # `clip.clip._tokenizer` resolves lazily: the tokenizer is built on first use, never at import.
-    if name == "_tokenizer":
-        from ._tokenize import get_tokenizer
+class _ClipModule(types.ModuleType):
+    """`clip.clip` itself, whose `_tokenizer` is read and assigned as in the original.
 
+    Reading it builds the shared tokenizer on first use (never at import); assigning one
+    (`clip.clip._tokenizer = my_tokenizer`) makes `clip.tokenize` use it; deleting it restores the
+    default, built again on next use.
+    """
+
+    @property
+    def _tokenizer(self) -> Any:
         return get_tokenizer()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+    @_tokenizer.setter
+    def _tokenizer(self, tokenizer: Any) -> None:
+        set_tokenizer(tokenizer)
+
+    @_tokenizer.deleter
+    def _tokenizer(self) -> None:
+        set_tokenizer(None)
+
+
+sys.modules[__name__].__class__ = _ClipModule

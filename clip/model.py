@@ -178,56 +178,81 @@ class ModifiedResNet(nn.Module):
         return self.attnpool(x)  # (N, output_dim)
 
 
-class MultiheadSelfAttention(nn.Module):
-    """Self-attention through `scaled_dot_product_attention`.
+class MultiheadAttention(nn.MultiheadAttention):
+    """`nn.MultiheadAttention` with a fast path for the self-attention call the blocks make.
 
-    Parameters keep the names and layout of `nn.MultiheadAttention` (`in_proj_weight`,
-    `in_proj_bias`, `out_proj`), so released checkpoints load unchanged, and `forward` accepts
-    the same call the original blocks make: `attn(x, x, x, need_weights=False, attn_mask=mask)`.
-    Inputs are sequence-first, (L, N, D).
+    A subclass, not a look-alike: every attribute, parameter, default and `forward` argument is
+    torch's own (`isinstance(m, nn.MultiheadAttention)` holds, so adapter libraries find it), and the
+    state-dict keys are the release's (`in_proj_weight`, `in_proj_bias`, `out_proj.weight`,
+    `out_proj.bias`). The call the blocks make, `attn(x, x, x, need_weights=False, attn_mask=mask)`
+    with one tensor as query, key and value, no mask or a 2-D float (additive) mask, and no dropout,
+    runs as one packed projection and `scaled_dot_product_attention`: the computation torch does for
+    this call, without its argument handling. Every other call (cross-attention, `key_padding_mask`,
+    boolean or 3-D masks, `need_weights=True`, `is_causal`, unbatched input, dropout in training,
+    `batch_first`) is `nn.MultiheadAttention.forward` itself. Inputs are sequence-first, (L, N, D).
     """
-
-    def __init__(self, embed_dim: int, num_heads: int) -> None:
-        super().__init__()
-        if embed_dim % num_heads:
-            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
-        self.embed_dim = embed_dim
-        self.num_heads = num_heads
-        self.head_dim = embed_dim // num_heads
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim))
-        self.in_proj_bias = nn.Parameter(torch.zeros(3 * embed_dim))
-        self.out_proj = nn.Linear(embed_dim, embed_dim)
-        nn.init.xavier_uniform_(self.in_proj_weight)
-        nn.init.zeros_(self.out_proj.bias)
 
     def forward(
         self,
         query: torch.Tensor,
-        key: Optional[torch.Tensor] = None,
-        value: Optional[torch.Tensor] = None,
-        need_weights: bool = False,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_padding_mask: Optional[torch.Tensor] = None,
+        need_weights: bool = True,
         attn_mask: Optional[torch.Tensor] = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        if (key is not None and key is not query) or (value is not None and value is not query):
-            raise ValueError(
-                "MultiheadSelfAttention only does self-attention: pass the same tensor as q, k, v"
+        if not self._takes_fast_path(query, key, value, key_padding_mask, need_weights, attn_mask, is_causal):
+            return super().forward(
+                query,
+                key,
+                value,
+                key_padding_mask=key_padding_mask,
+                need_weights=need_weights,
+                attn_mask=attn_mask,
+                average_attn_weights=average_attn_weights,
+                is_causal=is_causal,
             )
-        seq = query.shape[0]
+        seq, batch, width = query.shape
         qkv = F.linear(query, self.in_proj_weight, self.in_proj_bias)  # (L, N, 3D)
         q, k, v = (_split_heads(t, self.num_heads) for t in qkv.chunk(3, dim=-1))  # 3 x (N, H, L, D/H)
-        if attn_mask is not None:
-            attn_mask = attn_mask[:seq, :seq].to(dtype=q.dtype, device=q.device)
-        weights = None
-        if need_weights:  # explicit path, for users who inspect attention maps
-            scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (N, H, L, L)
-            if attn_mask is not None:
-                scores = scores + attn_mask
-            probs = scores.softmax(dim=-1)
-            out = probs @ v
-            weights = probs.mean(dim=1)  # averaged over heads, as nn.MultiheadAttention does
-        else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (N, H, L, D/H)
-        return self.out_proj(_merge_heads(out)), weights  # (L, N, D)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (N, H, L, D/H)
+        out = _merge_heads(out).reshape(seq * batch, width)  # (L*N, D), as torch feeds out_proj
+        # out_proj's weights are read, not its module called: torch's own forward does the same
+        out = F.linear(out, self.out_proj.weight, self.out_proj.bias)
+        return out.view(seq, batch, width), None
+
+    def _takes_fast_path(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        key_padding_mask: Optional[torch.Tensor],
+        need_weights: bool,
+        attn_mask: Optional[torch.Tensor],
+        is_causal: bool,
+    ) -> bool:
+        """Whether the call is plain batched self-attention with at most a 2-D additive mask."""
+        if key is not query or value is not query or need_weights or key_padding_mask is not None:
+            return False
+        if is_causal or query.dim() != 3 or self.batch_first or not self._qkv_same_embed_dim:
+            return False
+        if self.in_proj_bias is None or self.bias_k is not None or self.add_zero_attn:
+            return False
+        if self.training and self.dropout > 0.0:
+            return False
+        if attn_mask is None:
+            return True
+        if attn_mask.dim() != 2 or attn_mask.dtype != query.dtype:
+            return False
+        if torch.jit.is_tracing():  # sizes are traced values: comparing them would bake in a constant
+            return True
+        seq = query.shape[0]
+        return tuple(attn_mask.shape) == (seq, seq)
+
+
+MultiheadSelfAttention = MultiheadAttention  # the name of earlier versions of this package
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -235,7 +260,7 @@ class ResidualAttentionBlock(nn.Module):
 
     def __init__(self, d_model: int, n_head: int, attn_mask: Optional[torch.Tensor] = None) -> None:
         super().__init__()
-        self.attn = MultiheadSelfAttention(d_model, n_head)
+        self.attn = MultiheadAttention(d_model, n_head)
         self.ln_1 = LayerNorm(d_model)
         self.mlp = nn.Sequential(
             OrderedDict(
@@ -250,7 +275,16 @@ class ResidualAttentionBlock(nn.Module):
         self.register_buffer("attn_mask", attn_mask, persistent=False)  # not a checkpoint key
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
-        return self.attn(x, x, x, need_weights=False, attn_mask=self.attn_mask)[0]
+        """Self-attention of `x` (L, N, D) under `attn_mask`, cut to the sequence length."""
+        mask = self.attn_mask
+        if mask is not None:
+            seq = x.shape[0]
+            mask = mask[..., :seq, :seq]  # the causal mask is built for the full context
+            if mask.is_floating_point():  # additive: in the input's dtype, as the original casts it
+                mask = mask.to(dtype=x.dtype, device=x.device)
+            else:  # boolean, torch's convention (True = may not attend): passed on as is
+                mask = mask.to(device=x.device)
+        return self.attn(x, x, x, need_weights=False, attn_mask=mask)[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attention(self.ln_1(x))
@@ -438,7 +472,13 @@ class CLIP(nn.Module):
             return self.visual(image.type(self.dtype))
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
-        """(N, L) token ids from clip.tokenize -> (N, embed_dim) unnormalised text features."""
+        """(N, L) token ids from clip.tokenize -> (N, embed_dim) unnormalised text features.
+
+        Ids outside [0, vocab_size) raise a ValueError on the CPU. On a CUDA device the range is
+        checked without waiting for the GPU (`torch._assert_async`): a bad id fails as a device-side
+        assertion, reported by CUDA at a later call, as an out-of-range index fails in torch's own
+        embedding kernels; on other devices the ids are not checked here.
+        """
         if not isinstance(text, torch.Tensor):
             raise TypeError(
                 "encode_text expects a torch.Tensor of token ids from clip.tokenize; "
@@ -456,11 +496,8 @@ class CLIP(nn.Module):
                 f"1 <= L <= {self.context_length}, "
                 f"as clip.tokenize returns; got {text.dtype} of shape {tuple(text.shape)}."
             )
-        if not _tracing() and text.numel() and (int(text.min()) < 0 or int(text.max()) >= self.vocab_size):
-            raise ValueError(
-                f"token ids must lie in [0, {self.vocab_size}); got values from {int(text.min())} to "
-                f"{int(text.max())}. Use clip.tokenize to make them."
-            )
+        if not _tracing() and text.numel():
+            self._check_token_range(text)
         with bf16_compute(text.device, self.dtype):  # fp32 products where the CPU has no bf16 units
             seq = text.shape[1]
             x = self.token_embedding(text).type(self.dtype)  # (N, L, D)
@@ -470,6 +507,19 @@ class CLIP(nn.Module):
             # features at the end-of-text token, the largest id in each sequence
             x = x[torch.arange(x.shape[0]), text.argmax(dim=-1)] @ self.text_projection  # (N, embed_dim)
         return x
+
+    def _check_token_range(self, text: torch.Tensor) -> None:
+        """Ids in [0, vocab_size): a clear error on the CPU, a non-blocking assertion on CUDA."""
+        if text.device.type == "cpu":
+            low, high = int(text.min()), int(text.max())
+            if low < 0 or high >= self.vocab_size:
+                raise ValueError(
+                    f"token ids must lie in [0, {self.vocab_size}); got values from {low} to {high}. "
+                    "Use clip.tokenize to make them."
+                )
+        elif text.device.type == "cuda":  # int(...) would wait for the GPU: assert on the device instead
+            in_range = ((text >= 0) & (text < self.vocab_size)).all()
+            torch._assert_async(in_range, f"token ids must lie in [0, {self.vocab_size}); use clip.tokenize")
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Return (logits_per_image (N_img, N_txt), logits_per_text (N_txt, N_img))."""
@@ -483,6 +533,18 @@ class CLIP(nn.Module):
         return logits_per_image, logits_per_text
 
 
+# the attention tensors the release's convert_weights casts (those that are not None)
+_MHA_FP16_TENSORS = (
+    "in_proj_weight",
+    "q_proj_weight",
+    "k_proj_weight",
+    "v_proj_weight",
+    "in_proj_bias",
+    "bias_k",
+    "bias_v",
+)
+
+
 def convert_weights(model: nn.Module) -> None:
     """Cast the weights the release stores in fp16 to fp16, in place; norms and embeddings stay fp32."""
 
@@ -491,8 +553,8 @@ def convert_weights(model: nn.Module) -> None:
             module.weight.data = module.weight.data.half()
             if module.bias is not None:
                 module.bias.data = module.bias.data.half()
-        if isinstance(module, (MultiheadSelfAttention, nn.MultiheadAttention)):
-            for name in ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight", "in_proj_bias"):
+        if isinstance(module, nn.MultiheadAttention):
+            for name in _MHA_FP16_TENSORS:
                 tensor = getattr(module, name, None)
                 if tensor is not None:
                     tensor.data = tensor.data.half()
@@ -642,6 +704,7 @@ __all__ = [
     "Bottleneck",
     "AttentionPool2d",
     "ModifiedResNet",
+    "MultiheadAttention",
     "MultiheadSelfAttention",
     "ResidualAttentionBlock",
     "Transformer",

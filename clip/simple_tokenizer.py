@@ -33,7 +33,7 @@ import re as _re
 import sys
 from array import array
 from functools import lru_cache
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple
+from typing import Any, BinaryIO, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 __all__ = [
     "SimpleTokenizer",
@@ -169,18 +169,21 @@ class SimpleTokenizer:
     """CLIP's byte-level BPE tokenizer.
 
     Args:
-        bpe_path: path of a gzip'd merges file in the release's format (line 0 a header, then one
-            merge "a b" per line).
+        bpe_path: a gzip'd merges file in the release's format (line 0 a header, then one merge
+            "a b" per line): its path, or a binary file object open on it (read, not closed).
     """
 
-    def __init__(self, bpe_path: str = default_bpe()) -> None:
+    def __init__(self, bpe_path: Union[str, "os.PathLike[str]", BinaryIO] = default_bpe()) -> None:
         # Imported with the tokenizer (not with the package): slow imports, needed by any text that
         # is not plain.
         import ftfy  # noqa: F401
         import regex
 
-        with open(bpe_path, "rb") as f:
-            raw = f.read()
+        if hasattr(bpe_path, "read"):  # a binary file object, as gzip.open (the original's reader) takes
+            raw = bpe_path.read()
+        else:
+            with open(bpe_path, "rb") as f:
+                raw = f.read()
         lines = gzip.decompress(raw).decode("utf-8").split("\n")
         merges = [tuple(line.split()) for line in lines[1 : _N_MERGES + 1]]
 

@@ -7,6 +7,7 @@ tests/data/make_model_golden.py. Measured parity diffs are printed (`pytest -s`)
 test properties.
 """
 
+import copy
 import hashlib
 import importlib.util
 import json
@@ -27,7 +28,7 @@ from clip.model import (
     CLIP,
     CLIPDimensions,
     LayerNorm,
-    MultiheadSelfAttention,
+    MultiheadAttention,
     QuickGELU,
     build_model,
     convert_weights,
@@ -230,7 +231,7 @@ def _release_fp16_keys(model: nn.Module) -> set:
             keys.add(f"{dot}weight")
             if module.bias is not None:
                 keys.add(f"{dot}bias")
-        if isinstance(module, MultiheadSelfAttention):
+        if isinstance(module, nn.MultiheadAttention):
             keys.update({f"{dot}in_proj_weight", f"{dot}in_proj_bias"})
         for name in ("text_projection", "proj"):
             if isinstance(getattr(module, name, None), nn.Parameter):
@@ -556,42 +557,127 @@ def test_uint8_image_warns(tiny_vit: CLIP) -> None:
 # building blocks
 
 
-@pytest.mark.parametrize("need_weights", [False, True])
-@pytest.mark.parametrize("masked", [False, True])
-def test_self_attention_matches_nn_multihead_attention(need_weights: bool, masked: bool) -> None:
-    width, heads, seq, batch = 128, 4, 10, 3
-    gen = torch.Generator().manual_seed(5)
-    ours = MultiheadSelfAttention(width, heads)
-    reference = nn.MultiheadAttention(width, heads)
-    state = {k: torch.randn(v.shape, generator=gen) * 0.2 for k, v in ours.state_dict().items()}
+def _attention_pair(width: int, heads: int, seed: int, **kwargs: Any) -> Tuple[nn.Module, nn.Module]:
+    """Ours and torch's nn.MultiheadAttention with the same (integer-drawn) weights."""
+    gen = torch.Generator().manual_seed(seed)
+    ours = MultiheadAttention(width, heads, **kwargs)
+    reference = nn.MultiheadAttention(width, heads, **kwargs)
+    state = {
+        k: torch.randint(-8, 9, v.shape, generator=gen).float() / 32 for k, v in ours.state_dict().items()
+    }
     ours.load_state_dict(state)
     reference.load_state_dict(state)  # the same parameter names and shapes
-    ours.eval()
-    reference.eval()
-    x = torch.randn((seq, batch, width), generator=gen)  # (L, N, D)
-    mask = torch.full((seq, seq), float("-inf")).triu(1) if masked else None
+    return ours, reference
+
+
+def _grid_inputs(
+    seq: int, src: int, batch: int, width: int, heads: int, gen: torch.Generator
+) -> Dict[str, Any]:
+    """Every mask form nn.MultiheadAttention accepts, for a query of `seq` and keys of `src`."""
+    causal_bool = torch.ones(seq, src, dtype=torch.bool).triu(1)
+    random_bool = torch.randint(0, 4, (batch * heads, seq, src), generator=gen) == 0  # True: masked
+    random_bool[..., 0] = False  # every query may attend somewhere: no all -inf rows
+    return {
+        "none": None,
+        "bool-2d": causal_bool,
+        "float-2d": torch.zeros(seq, src).masked_fill(causal_bool, float("-inf")),
+        "bool-3d": random_bool,
+        "float-3d": torch.randint(-4, 5, (batch * heads, seq, src), generator=gen).float() / 4,
+    }
+
+
+@pytest.mark.filterwarnings("ignore:Support for mismatched key_padding_mask")  # torch's, for bool + float
+@pytest.mark.parametrize("train", [False, True])
+@pytest.mark.parametrize("cross", [False, True])
+@pytest.mark.parametrize("padding", [None, "bool", "float"])
+@pytest.mark.parametrize("need_weights", [False, True])
+@pytest.mark.parametrize("average", [True, False])
+def test_attention_matches_nn_multihead_attention(
+    train: bool, cross: bool, padding: Any, need_weights: bool, average: bool
+) -> None:
+    """Our attention module gives torch's answer for every call form, fast path or not."""
+    width, heads, seq, batch = 32, 4, 6, 3
+    src = 5 if cross else seq
+    ours, reference = _attention_pair(width, heads, seed=5)
+    ours.train(train)
+    reference.train(train)
+    gen = torch.Generator().manual_seed(6)
+    query = torch.randint(-16, 17, (seq, batch, width), generator=gen).float() / 16  # (L, N, D)
+    key = torch.randint(-16, 17, (src, batch, width), generator=gen).float() / 16 if cross else query
+    value = torch.randint(-16, 17, (src, batch, width), generator=gen).float() / 16 if cross else query
+    key_padding_mask = None
+    if padding is not None:
+        pad = torch.zeros(batch, src, dtype=torch.bool)
+        pad[0, -2:] = True
+        key_padding_mask = (
+            pad if padding == "bool" else torch.zeros(batch, src).masked_fill(pad, float("-inf"))
+        )
+    for mask_name, attn_mask in _grid_inputs(seq, src, batch, width, heads, gen).items():
+        if padding == "float" and attn_mask is not None and attn_mask.dtype == torch.bool:
+            continue  # torch refuses mixed mask types
+        kwargs = dict(
+            key_padding_mask=key_padding_mask,
+            need_weights=need_weights,
+            attn_mask=attn_mask,
+            average_attn_weights=average,
+        )
+        got, got_weights = ours(query, key, value, **kwargs)
+        expected, expected_weights = reference(query, key, value, **kwargs)
+        # the fast path runs the kernels torch runs, in the same order: equal, not merely close
+        torch.testing.assert_close(got, expected, rtol=0, atol=0, msg=mask_name)
+        if need_weights:
+            assert got_weights.shape == expected_weights.shape
+            torch.testing.assert_close(got_weights, expected_weights, rtol=0, atol=0, msg=mask_name)
+        else:
+            assert got_weights is None and expected_weights is None
+
+
+def test_attention_is_causal_and_unbatched_match_torch() -> None:
+    width, heads, seq = 32, 2, 7
+    ours, reference = _attention_pair(width, heads, seed=7)
+    x = torch.randint(-16, 17, (seq, 2, width), generator=torch.Generator().manual_seed(8)).float() / 16
+    causal = nn.Transformer.generate_square_subsequent_mask(seq)
+    for need_weights in (False, True):
+        got = ours(x, x, x, need_weights=need_weights, attn_mask=causal, is_causal=True)
+        expected = reference(x, x, x, need_weights=need_weights, attn_mask=causal, is_causal=True)
+        torch.testing.assert_close(got[0], expected[0], rtol=0, atol=0)
+    unbatched = x[:, 0]  # (L, D)
+    got, got_weights = ours(unbatched, unbatched, unbatched)
+    expected, expected_weights = reference(unbatched, unbatched, unbatched)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    torch.testing.assert_close(got_weights, expected_weights, rtol=0, atol=0)
+
+
+def test_attention_is_torch_multihead_attention() -> None:
+    import inspect
+
+    attn = MultiheadAttention(64, 2)
+    assert isinstance(attn, nn.MultiheadAttention)
+    ours, torchs = (
+        inspect.signature(f).parameters for f in (type(attn).forward, nn.MultiheadAttention.forward)
+    )
+    assert [(p.name, p.kind, p.default) for p in ours.values()] == [
+        (p.name, p.kind, p.default) for p in torchs.values()
+    ]
+    assert list(attn.state_dict()) == ["in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"]
+    assert attn.bias_k is None and attn.bias_v is None and not attn.batch_first and attn._qkv_same_embed_dim
+    assert (attn.embed_dim, attn.num_heads, attn.head_dim, attn.dropout) == (64, 2, 32, 0.0)
+    assert type(attn.out_proj) is type(nn.MultiheadAttention(64, 2).out_proj)
+
+
+def test_block_mask_bool_follows_torch_convention(tiny_vit: CLIP) -> None:
+    """A boolean attn_mask on a block means True = may not attend (torch's), not an additive 0/1."""
+    block = copy.deepcopy(tiny_vit.transformer.resblocks[0])
+    seq = 5
+    x = torch.randint(-16, 17, (seq, 2, block.attn.embed_dim), generator=torch.Generator().manual_seed(3))
+    x = x.float() / 16
+    additive = block.attn_mask[:seq, :seq].clone()
     with torch.no_grad():
-        out, weights = ours(x, x, x, need_weights=need_weights, attn_mask=mask)
-        expected, expected_weights = reference(x, x, x, need_weights=need_weights, attn_mask=mask)
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
-    if need_weights:
-        torch.testing.assert_close(weights, expected_weights, atol=1e-6, rtol=1e-5)
-    else:
-        assert weights is None
-    if masked:  # a longer mask (the full context) is sliced to the sequence
-        long_mask = torch.full((77, 77), float("-inf")).triu(1)
-        with torch.no_grad():
-            out_long, _ = ours(x, x, x, need_weights=need_weights, attn_mask=long_mask)
-        torch.testing.assert_close(out_long, out, atol=1e-6, rtol=0)
-
-
-def test_self_attention_rejects_cross_attention() -> None:
-    attn = MultiheadSelfAttention(64, 1)
-    x, y = torch.zeros(4, 1, 64), torch.zeros(4, 1, 64)
-    with pytest.raises(ValueError, match="self-attention"):
-        attn(x, y, y)
-    with pytest.raises(ValueError, match="divisible"):
-        MultiheadSelfAttention(100, 3)
+        expected = block(x)  # the float causal mask
+        block.attn_mask = torch.ones(seq, seq, dtype=torch.bool).triu(1)
+        torch.testing.assert_close(block(x), expected, rtol=0, atol=1e-6)
+        block.attn_mask = additive.isinf().float()  # an additive 0/1 mask means something else
+        assert not torch.allclose(block(x), expected)
 
 
 def test_quick_gelu_and_fp32_layer_norm() -> None:
@@ -641,3 +727,23 @@ def test_encoders_export_trace_and_compile(tower: str, tiny_vit: CLIP) -> None:
             warnings.filterwarnings("ignore", category=FutureWarning)  # trace itself is deprecated
             traced = torch.jit.trace(module, x)
         torch.testing.assert_close(traced(x), eager, rtol=0, atol=0)
+
+
+def test_token_range_is_not_read_back_from_other_devices(tiny_vit: CLIP) -> None:
+    """On the CPU the range check raises; elsewhere it must not copy ids to the host (meta: no data)."""
+    with pytest.raises(ValueError, match=r"\[0, 49408\)"):
+        tiny_vit.encode_text(torch.full((1, 77), 49408))
+    on_meta = build_model(factory.make_meta_state_dict("tiny-vit"))
+    features = on_meta.encode_text(torch.zeros((2, 77), dtype=torch.int64, device="meta"))
+    assert features.is_meta and features.shape == (2, 64)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_token_range_on_cuda_is_asserted_asynchronously(
+    tiny_vit: CLIP, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asserted = []
+    monkeypatch.setattr(torch, "_assert_async", lambda flag, msg: asserted.append((flag.device.type, msg)))
+    model = copy.deepcopy(tiny_vit).cuda()
+    model.encode_text(torch.zeros((1, 77), dtype=torch.int64, device="cuda"))
+    assert asserted and asserted[0][0] == "cuda" and "49408" in asserted[0][1]
