@@ -504,8 +504,10 @@ class CLIP(nn.Module):
             x = x + self.positional_embedding[:seq].type(self.dtype)
             x = self.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)  # through (L, N, D) and back
             x = self.ln_final(x).type(self.dtype)
-            # features at the end-of-text token, the largest id in each sequence
-            x = x[torch.arange(x.shape[0]), text.argmax(dim=-1)] @ self.text_projection  # (N, embed_dim)
+            # features at the end-of-text token, the largest id in each sequence; the row index is made
+            # on x's device, so that indexing a GPU tensor copies nothing from the host
+            rows = torch.arange(x.shape[0], device=x.device)
+            x = x[rows, text.argmax(dim=-1)] @ self.text_projection  # (N, embed_dim)
         return x
 
     def _check_token_range(self, text: torch.Tensor) -> None:
