@@ -82,6 +82,7 @@ def _compare(got: Any, expected: Any, tolerance: Tuple[float, float], where: str
         assert got == expected, (where, got, expected)
 
 
+@pytest.mark.golden
 def test_at_least_fifteen_patterns_have_goldens(golden: Dict[str, Any]) -> None:
     assert len(patterns.PATTERNS) >= 15
     assert list(golden) == list(patterns.PATTERNS), "stale golden: run tests/data/make_downstream_golden.py"
@@ -90,6 +91,7 @@ def test_at_least_fifteen_patterns_have_goldens(golden: Dict[str, Any]) -> None:
 SLOW = {"transformers_conversion"}  # importing transformers takes ~10 s on a loaded machine
 
 
+@pytest.mark.golden
 @pytest.mark.parametrize(
     "name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in patterns.PATTERNS]
 )
@@ -103,11 +105,13 @@ def test_pattern_gives_the_originals_numbers(
     _compare(got, golden[name], TOLERANCES.get(name, FP32), name)
 
 
+@pytest.mark.golden
 def test_isinstance_count_is_the_originals(golden: Dict[str, Any], tmp_path: Path) -> None:
     counts = patterns.run(clip, tmp_path, _hub_load, only={"isinstance_count"})["isinstance_count"]["counts"]
     assert counts["ViT-B/32"] == 24 == golden["isinstance_count"]["counts"]["ViT-B/32"]
 
 
+@pytest.mark.golden
 def test_comparison_can_fail(golden: Dict[str, Any], tmp_path: Path) -> None:
     """The comparison notices a change the size of a real regression (one weight off by 1%)."""
     expected = golden["manual_vit_forward"]

@@ -54,6 +54,7 @@ def test_data_is_well_formed_and_matches_the_datasets() -> None:
     assert isinstance(zeroshot.CIFAR10_CLASSES, tuple)  # shared data cannot be altered by a caller
 
 
+@pytest.mark.golden
 @pytest.mark.parametrize("arch", ["vit", "resnet"])
 @pytest.mark.parametrize("batch_size", [256, 3])  # one call, and chunks that split classes
 def test_classifier_and_logits_match_the_original(golden, arch: str, batch_size: int) -> None:
