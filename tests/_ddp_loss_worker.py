@@ -1,7 +1,8 @@
-"""One rank of the ClipLoss test: python tests/_ddp_loss_worker.py OUT_DIR LOCAL_LOSS GATHER_WITH_GRAD.
+"""One rank of the ClipLoss test: python tests/_ddp_loss_worker.py OUT_DIR.
 
-Computes ClipLoss on this rank's share of the global batch of `loss_problem`, averages the
-parameter gradients over ranks (as DistributedDataParallel does) and saves loss and gradients.
+For each (local_loss, gather_with_grad) in CONFIGS: ClipLoss on this rank's share of the global
+batch of `loss_problem`, parameter gradients averaged over ranks (as DistributedDataParallel does);
+rank 0 saves the mean loss and the gradients to OUT_DIR/result-L-G.pt.
 """
 
 import sys
@@ -17,9 +18,18 @@ from _loss_problem import GLOBAL_BATCH, loss_problem  # noqa: E402
 from clip.loss import ClipLoss  # noqa: E402
 
 
+CONFIGS = ((False, True), (True, True), (False, False))
+
+
 def main() -> None:
-    out_dir, local_loss, with_grad = Path(sys.argv[1]), sys.argv[2] == "1", sys.argv[3] == "1"
+    out_dir = Path(sys.argv[1])
     dist.init_process_group("gloo")
+    for local_loss, with_grad in CONFIGS:
+        run(out_dir, local_loss, with_grad)
+    dist.destroy_process_group()
+
+
+def run(out_dir: Path, local_loss: bool, with_grad: bool) -> None:
     rank, world = dist.get_rank(), dist.get_world_size()
     share = GLOBAL_BATCH // world
     params, features = loss_problem()
@@ -33,8 +43,8 @@ def main() -> None:
     dist.all_reduce(mean_loss)
     mean_loss /= world
     if rank == 0:
-        torch.save({"loss": mean_loss, "grads": [p.grad for p in params]}, out_dir / "result.pt")
-    dist.destroy_process_group()
+        name = f"result-{int(local_loss)}-{int(with_grad)}.pt"
+        torch.save({"loss": mean_loss, "grads": [p.grad for p in params]}, out_dir / name)
 
 
 if __name__ == "__main__":

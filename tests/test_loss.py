@@ -13,6 +13,7 @@ from clip.loss import ClipLoss, contrastive_loss
 # magnitude <= 10 leaves differences of a few 1e-7; 1e-5 (relative and absolute) is far above that
 # and far below any wrong weighting (a missing rank or a factor of 2 changes gradients by > 10%).
 DIST_TOL = 1e-5
+WORLD = 2
 
 
 def _hand_loss(logits):
@@ -55,30 +56,37 @@ def test_clip_loss_equals_contrastive_loss_of_the_model_logits():
         ClipLoss()(image, text[:3], scale)
 
 
-def _single_process(scale_features=1.0):
+@pytest.fixture(scope="module")
+def two_rank_results(tmp_path_factory):
+    """The worker's results for every configuration, from one launch of 2 gloo ranks."""
+    out = tmp_path_factory.mktemp("ddp-loss")
+    run_ranks(["tests/_ddp_loss_worker.py", str(out)], WORLD)
+    return out
+
+
+def _single_process():
     params, features = loss_problem()
     loss = ClipLoss()(*features(slice(None)))
     loss.backward()
     return loss.detach(), [p.grad for p in params]
 
 
+@pytest.mark.slow  # two fresh interpreters importing torch: seconds alone, a minute on a loaded machine
 @pytest.mark.parametrize(
     "local_loss, with_grad",
     [(False, True), (True, True), (False, False)],
     ids=["global-gather_with_grad", "local_loss-gather_with_grad", "global-no_grad_gather"],
 )
-def test_two_gloo_ranks_match_one_process_on_the_global_batch(tmp_path, local_loss, with_grad):
-    world = 2
-    assert GLOBAL_BATCH % world == 0
-    run_ranks(["tests/_ddp_loss_worker.py", str(tmp_path), str(int(local_loss)), str(int(with_grad))], world)
-    result = torch.load(tmp_path / "result.pt")
+def test_two_gloo_ranks_match_one_process_on_the_global_batch(two_rank_results, local_loss, with_grad):
+    assert GLOBAL_BATCH % WORLD == 0
+    result = torch.load(two_rank_results / f"result-{int(local_loss)}-{int(with_grad)}.pt")
     loss, grads = _single_process()
     torch.testing.assert_close(result["loss"], loss, rtol=DIST_TOL, atol=DIST_TOL)
     w_image, w_text, log_scale = result["grads"]
     # gather_with_grad: gradients averaged over ranks are the single-process ones. Without it only a
     # rank's own features get gradients: the towers' averaged gradients are 1/world of them, the
     # logit scale's (computed whole on every rank) are equal.
-    tower_factor = 1.0 if with_grad else 1.0 / world
+    tower_factor = 1.0 if with_grad else 1.0 / WORLD
     torch.testing.assert_close(w_image, grads[0] * tower_factor, rtol=DIST_TOL, atol=DIST_TOL)
     torch.testing.assert_close(w_text, grads[1] * tower_factor, rtol=DIST_TOL, atol=DIST_TOL)
     torch.testing.assert_close(log_scale, grads[2], rtol=DIST_TOL, atol=DIST_TOL)
