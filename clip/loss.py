@@ -32,7 +32,8 @@ def contrastive_loss(logits_per_image: torch.Tensor, logits_per_text: torch.Tens
     """
     if logits_per_image.dim() != 2 or logits_per_image.shape[0] != logits_per_image.shape[1]:
         raise ValueError(
-            f"logits_per_image must be a square (N, N) matrix of matching pairs; got {tuple(logits_per_image.shape)}"
+            "logits_per_image must be a square (N, N) matrix of matching pairs; got "
+            f"{tuple(logits_per_image.shape)}"
         )
     if logits_per_text.shape != logits_per_image.shape:
         raise ValueError(
@@ -49,7 +50,9 @@ def _symmetric_cross_entropy(
     def widened(logits: torch.Tensor) -> torch.Tensor:  # fp16/bf16 -> fp32; fp32 and fp64 kept
         return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
-    return (F.cross_entropy(widened(logits_per_image), labels) + F.cross_entropy(widened(logits_per_text), labels)) / 2
+    return (
+        F.cross_entropy(widened(logits_per_image), labels) + F.cross_entropy(widened(logits_per_text), labels)
+    ) / 2
 
 
 def _distributed() -> Tuple[int, int]:

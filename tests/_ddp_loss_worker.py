@@ -10,13 +10,9 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from _loss_problem import GLOBAL_BATCH, loss_problem
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _loss_problem import GLOBAL_BATCH, loss_problem  # noqa: E402
-
-from clip.loss import ClipLoss  # noqa: E402
-
+from clip.loss import ClipLoss
 
 CONFIGS = ((False, True), (True, True), (False, False))
 

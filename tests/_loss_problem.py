@@ -17,7 +17,10 @@ def loss_problem(
     gen = torch.Generator().manual_seed(seed)
 
     def draw(*shape: int) -> torch.Tensor:
-        return torch.randint(-SCALE_NUMERATOR, SCALE_NUMERATOR + 1, shape, generator=gen).float() / SCALE_NUMERATOR
+        return (
+            torch.randint(-SCALE_NUMERATOR, SCALE_NUMERATOR + 1, shape, generator=gen).float()
+            / SCALE_NUMERATOR
+        )
 
     images, texts = draw(GLOBAL_BATCH, IN_DIM), draw(GLOBAL_BATCH, IN_DIM)
     w_image = draw(IN_DIM, EMBED_DIM).requires_grad_()
