@@ -112,7 +112,9 @@ def _parser() -> argparse.ArgumentParser:
 # Subcommands: `clip NAME ...` runs `main(argv)` of the module named here (imported only when used).
 # Any other first argument is the default job's (images and labels). A file whose name equals a
 # subcommand is reached as ``./NAME``.
-SUBCOMMANDS: Dict[str, str] = {}
+SUBCOMMANDS: Dict[str, str] = {
+    "train": "clip._cli_train",
+}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -61,7 +61,10 @@ def load(
             `~/.cache/clip`.
         dtype: (keyword-only) cast every floating-point weight to this dtype, e.g. `torch.bfloat16`
             for bf16 inference on the CPU. Default: float32 on the CPU; on a GPU the release's mixed
-            precision (fp16 weights, fp32 norms and embeddings). Only with jit=False.
+            precision (fp16 weights, fp32 norms and embeddings). Only with jit=False. Without it,
+            weights pass through the release's fp16 rounding as in the original; with it, the
+            file's values are cast directly, so `dtype=torch.float32` loads an fp32 checkpoint
+            (e.g. from `clip train`) exactly.
 
     Returns:
         (model, preprocess): the model in eval mode on `device`, and the torchvision transform
@@ -107,7 +110,9 @@ def load(
 
     state_dict = read_state_dict(model_path)
     try:
-        model = build_model(state_dict, share_memory=True)
+        # an explicit dtype is applied to the file's own values (an fp32 fine-tune stays exact);
+        # by default, the release's fp16 rounding, as the original does
+        model = build_model(state_dict, share_memory=True, release_precision=cast is None)
     except ValueError as exc:
         raise CheckpointError(
             f"{model_path!r} is not a CLIP checkpoint the release's code can build: {exc}"

@@ -667,7 +667,9 @@ def _check_keys_and_shapes(expected: Dict[str, torch.Tensor], given: Mapping[str
         )
 
 
-def build_model(state_dict: Mapping[str, torch.Tensor], *, share_memory: bool = False) -> CLIP:
+def build_model(
+    state_dict: Mapping[str, torch.Tensor], *, share_memory: bool = False, release_precision: bool = True
+) -> CLIP:
     """Build an eval-mode CLIP from a release-layout state dict, converted like the release.
 
     Every dimension is inferred from the state dict; the three scalar entries are ignored; the
@@ -675,6 +677,8 @@ def build_model(state_dict: Mapping[str, torch.Tensor], *, share_memory: bool = 
     No random initialisation is done: the model is built on the meta device and the weights are
     assigned. `share_memory=True` (keyword-only) lets the model keep tensors of the given dict
     whose dtype already fits instead of copying them; only pass it for a dict you own.
+    `release_precision=False` (keyword-only) skips the release's fp16 conversion: every weight is
+    kept in fp32, so an fp32 checkpoint (a fine-tune) keeps its exact values.
 
     Raises ValueError naming the offending keys when keys are missing or unexpected, or shapes fit
     no CLIP.
@@ -686,7 +690,8 @@ def build_model(state_dict: Mapping[str, torch.Tensor], *, share_memory: bool = 
     dims = CLIPDimensions.from_state_dict(weights)
     with torch.device("meta"):
         model = CLIP(**vars(dims))
-        convert_weights(model)
+        if release_precision:
+            convert_weights(model)
     expected = model.state_dict()
     _check_keys_and_shapes(expected, weights)
 
