@@ -1,7 +1,7 @@
 """`clip train`: fine-tune a CLIP, or train one from scratch, on a CSV/TSV of image-caption pairs.
 
     clip train --train-data pairs.csv --model ViT-B/32 --epochs 2 --lr 1e-5 --warmup 50
-    torchrun --nproc_per_node=2 -m clip train --train-data pairs.csv --model ViT-B/32 ...
+    torchrun --nproc_per_node=2 -m clip train -- --train-data pairs.csv --model ViT-B/32 ...
 
 Flags are named as in open_clip's training script. The work is `clip.train.train`.
 """
@@ -16,6 +16,7 @@ __all__ = ["main"]
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+END_OF_LAUNCHER_OPTIONS = "--"
 
 EPILOG = """\
 data:
@@ -38,7 +39,8 @@ output (rank 0 only under torchrun):
 examples:
   clip train --train-data train.csv --val-data val.csv --model ViT-B/32 --epochs 5 \\
       --batch-size 128 --lr 1e-5 --warmup 100 --precision amp
-  torchrun --nproc_per_node=4 -m clip train --train-data train.csv --model RN50 ...
+  torchrun --nproc_per_node=4 -m clip train -- --train-data train.csv --model RN50 --logs runs/a
+      (the -- keeps torchrun from reading --logs as its own --logs-specs)
   clip train --train-data shapes.csv --model-config tiny.json --epochs 20 --lr 1e-3
 """
 
@@ -101,6 +103,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: List[str]) -> int:
     """Parse `argv`, train, return the exit status."""
     parser = _parser()
+    # `torchrun ... -m clip train -- FLAGS`: the -- keeps torchrun's parser off our flags (it
+    # rejects --logs as an abbreviation of its --logs-specs); this command takes no positionals
+    argv = [arg for arg in argv if arg != END_OF_LAUNCHER_OPTIONS]
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:

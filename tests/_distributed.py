@@ -13,7 +13,7 @@ from typing import List, Sequence
 
 REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = "127.0.0.1"
-RANK_TIMEOUT_S = 120
+RANK_TIMEOUT_S = 600  # generous: importing torch alone takes a minute on a loaded machine
 
 
 def free_port() -> int:
