@@ -3,8 +3,10 @@
 Rows (select groups with --rows): tokenizer cold and warm; `clip.load` time and peak RSS; batch
 preprocessing of 64 JPEG/PNG files; the measured fp32 and bf16 matmul roofline; `encode_image` and
 `encode_text` of ViT-B/32 and RN50 shapes (fp32 at batch 1 and 32, bf16 and bf16 autocast at batch
-1 and a reduced batch). Every row is measured in this run, ours and the original alternately,
-each side in processes of its own (both packages are named `clip`); ratios are ours / original.
+1 and a reduced batch); training steps/s of `clip train` against open_clip's `open_clip_train`
+(a tiny ViT CLIP on a procedural CSV; the original column there is open_clip). Every row is
+measured in this run, ours and the original alternately, each side in processes of its own (both
+packages are named `clip`); ratios are ours / original.
 
 The original is `clip-anytorch` in a folder of its own (see benchmarks/_common.py):
 
@@ -33,7 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from benchmarks import _common, bench_encode
 
-GROUPS = ("tokenizer", "load", "preprocess", "roofline", "encode")
+GROUPS = ("tokenizer", "load", "preprocess", "roofline", "encode", "train")
 RESULTS_FILE = Path(__file__).resolve().parent / "RESULTS.md"
 COLUMNS = (
     "Row",
@@ -47,8 +49,20 @@ COLUMNS = (
     "Met",
 )
 MIB = 1024 * 1024
-QUICK = {"tokenizer_count": 2000, "repeats": 1, "low_precision_batch": 0, "slow_layout": False}
-FULL = {"tokenizer_count": 10_000, "repeats": 5, "low_precision_batch": 8, "slow_layout": True}
+QUICK = {
+    "tokenizer_count": 2000,
+    "repeats": 1,
+    "low_precision_batch": 0,
+    "slow_layout": False,
+    "train_images": 128,
+}
+FULL = {
+    "tokenizer_count": 10_000,
+    "repeats": 5,
+    "low_precision_batch": 8,
+    "slow_layout": True,
+    "train_images": 512,
+}
 UNITS = {"image": "img/s", "text": "texts/s"}
 DASH = "–"
 # Goals from the issues: tokenizer (cold / warm throughput vs the original), batch preprocessing.
@@ -141,6 +155,28 @@ def preprocess_rows(options: Dict[str, Any]) -> List[Row]:
             "Ours / original": _x(f["ratio"]),
             "Goal": f"≥ {GOAL_PREPROCESS:.0f}x original",
             "Met": _met(f["ratio"] >= GOAL_PREPROCESS),
+        }
+    ]
+
+
+def train_rows(options: Dict[str, Any]) -> List[Row]:
+    from benchmarks import bench_train
+
+    batch = 32
+    f = bench_train.run(
+        images=options["train_images"], batch_size=batch, epochs=2, threads=options["threads"]
+    )
+    options["raw"]["train"] = f
+    return [
+        {
+            "Row": f"training steps/s, tiny ViT CLIP, fp32, batch {batch} "
+            f"({f['steps_per_epoch']} steps/epoch, last of 2 epochs); original: open_clip_train",
+            "Threads": str(options["threads"] or options["default_threads"]),
+            "Ours": f"{f['ours_steps_per_s']:.2f} steps/s",
+            "Original": f"{f['open_clip_steps_per_s']:.2f} steps/s",
+            "Ours / original": _x(f["ratio"]),
+            "Goal": f"≥ {bench_train.GOAL_RATIO:.0f}x open_clip_train",
+            "Met": _met(f["ratio"] >= bench_train.GOAL_RATIO),
         }
     ]
 
@@ -380,6 +416,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "tokenizer": lambda: tokenizer_rows(options),
         "load": lambda: load_rows(options),
         "preprocess": lambda: preprocess_rows(options),
+        "train": lambda: train_rows(options),
     }
     rows: List[Row] = []
     for group in GROUPS:

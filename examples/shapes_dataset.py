@@ -48,7 +48,7 @@ POSITIONS: Dict[str, Tuple[float, float]] = {  # centre, as fractions of the ima
     "bottom": (0.5, 0.72),
     "centre": (0.5, 0.5),
 }
-SIZES: Dict[str, float] = {"small": 0.14, "large": 0.24}  # half-side, as a fraction of the image side
+SIZES: Dict[str, float] = {"small": 0.2, "large": 0.3}  # half-side, as a fraction of the image side
 JITTER = 0.04  # fraction of the side a shape's centre may move
 BACKGROUND = (118, 128)  # grey levels the background is drawn from
 TEMPLATES = (
