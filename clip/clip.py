@@ -110,9 +110,11 @@ def load(
 
     state_dict = read_state_dict(model_path)
     try:
-        # an explicit dtype is applied to the file's own values (an fp32 fine-tune stays exact);
-        # by default, the release's fp16 rounding, as the original does
-        model = build_model(state_dict, share_memory=True, release_precision=cast is None)
+        # an explicit dtype is applied to the file's own values, so an fp32 file (a fine-tune) stays
+        # exact; by default, and for fp16 files (the release), the release's conversion as before
+        conv = state_dict.get("visual.conv1.weight")
+        exact = cast is not None and isinstance(conv, torch.Tensor) and conv.dtype == torch.float32
+        model = build_model(state_dict, share_memory=True, release_precision=not exact)
     except ValueError as exc:
         raise CheckpointError(
             f"{model_path!r} is not a CLIP checkpoint the release's code can build: {exc}"
