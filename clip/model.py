@@ -9,6 +9,7 @@ Shape comments: N batch, L sequence length, D width, H heads, C channels.
 This module does no I/O.
 """
 
+import contextlib
 import math
 import warnings
 from collections import OrderedDict
@@ -259,6 +260,12 @@ class ResidualAttentionBlock(nn.Module):
         return x
 
 
+def _recompute_in_bf16_compute(x: torch.Tensor):
+    """Checkpoint contexts: the recomputation runs in the `bf16_compute` the forward ran in."""
+    recompute = bf16_compute(x.device, x.dtype)  # decided now, under the forward's autocast state
+    return lambda: (contextlib.nullcontext(), recompute)
+
+
 class Transformer(nn.Module):
     """A stack of residual attention blocks over sequence-first input (L, N, D).
 
@@ -279,7 +286,9 @@ class Transformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_tracing():
             for block in self.resblocks:
-                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+                x = torch.utils.checkpoint.checkpoint(
+                    block, x, use_reentrant=False, context_fn=_recompute_in_bf16_compute(x)
+                )
             return x
         return self.resblocks(x)
 

@@ -310,3 +310,34 @@ def test_from_scratch_zero_shot_on_unseen_combinations(tmp_path):
     chance = 1 / len(classes)  # all 16 shape-colour prompts compete
     print(f"zero-shot accuracy on unseen combinations: {accuracy:.3f} (chance {chance:.4f})")
     assert accuracy >= CHANCE_MULTIPLE * chance, accuracy
+
+
+def test_amp_bf16_with_grad_checkpointing_and_a_locked_image_tower(shapes, tmp_path):
+    train_csv, _, config = shapes
+    args = [
+        "--train-data",
+        str(train_csv),
+        "--model-config",
+        str(config),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+    ]
+    args += [
+        "--warmup",
+        "1",
+        "--workers",
+        "0",
+        "--precision",
+        "amp_bf16",
+        "--grad-checkpointing",
+        "--lock-image",
+    ]
+    assert _cli(*args, "--logs", str(tmp_path)) == 0
+    saved = _state(tmp_path / "checkpoints" / "epoch_1.pt")["state_dict"]
+    torch.manual_seed(TrainConfig.seed)  # the run's initialisation, redone
+    initial = build_from_config(str(config)).state_dict()
+    assert all(torch.equal(saved[k], initial[k]) for k in initial if k.startswith("visual."))
+    assert not torch.equal(saved["token_embedding.weight"], initial["token_embedding.weight"])
+    assert all(v.dtype == torch.float32 for v in saved.values() if v.is_floating_point())

@@ -88,3 +88,15 @@ def test_freeze_norm_stats_keeps_batchnorm_statistics_through_train():
     assert other.visual.bn1.training
     _loss_and_grads(other, "resnet")
     assert not torch.equal(before, other.visual.bn1.running_mean)
+
+
+def test_grad_checkpointing_under_bf16_autocast_keeps_gradients():
+    """The recomputation runs in the same bf16 context as the forward (clip/_bf16.py's fallback included)."""
+    model = _fp32("vit")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain_logits, plain_grads = _loss_and_grads(model, "vit")
+        model.set_grad_checkpointing(True)
+        ckpt_logits, ckpt_grads = _loss_and_grads(model, "vit")
+    assert torch.equal(plain_logits, ckpt_logits)
+    for name in plain_grads:
+        assert torch.equal(plain_grads[name], ckpt_grads[name]), name
