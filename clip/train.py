@@ -19,6 +19,7 @@ atomically and hold ``{"state_dict": ...}`` beside the optimizer state: `clip.lo
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -340,8 +341,8 @@ def _train(config: TrainConfig, env: _Distributed) -> List[Dict[str, Any]]:
     if config.grad_checkpointing:
         model.set_grad_checkpointing(True)
 
-    def tokens_of(captions: List[str]) -> torch.Tensor:
-        return tokenize(captions, context_length=model.context_length, truncate=True)
+    # picklable (a partial of a module-level function): data loader workers may be spawned
+    tokens_of = functools.partial(tokenize, context_length=model.context_length, truncate=True)
 
     transform = _transform(model.visual.input_resolution)
     separator = config.csv_separator or default_separator(config.train_data)

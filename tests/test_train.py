@@ -312,7 +312,7 @@ def test_from_scratch_zero_shot_on_unseen_combinations(tmp_path):
     assert accuracy >= CHANCE_MULTIPLE * chance, accuracy
 
 
-def test_amp_bf16_with_grad_checkpointing_and_a_locked_image_tower(shapes, tmp_path):
+def test_amp_bf16_grad_checkpointing_locked_image_tower_and_a_loader_worker(shapes, tmp_path):
     train_csv, _, config = shapes
     args = [
         "--train-data",
@@ -328,7 +328,7 @@ def test_amp_bf16_with_grad_checkpointing_and_a_locked_image_tower(shapes, tmp_p
         "--warmup",
         "1",
         "--workers",
-        "0",
+        "1",
         "--precision",
         "amp_bf16",
         "--grad-checkpointing",
