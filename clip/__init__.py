@@ -6,9 +6,9 @@
 >>> tokens = clip.tokenize(["a diagram", "a dog", "a cat"])
 """
 
-from . import model
+from . import loss, model
 from ._preprocess import preprocess_batch
 from .clip import available_models, load, tokenize
 
-__all__ = ["available_models", "load", "tokenize", "preprocess_batch", "model"]
+__all__ = ["available_models", "load", "tokenize", "preprocess_batch", "model", "loss"]
 __version__ = "1.0.0"
