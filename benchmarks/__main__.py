@@ -4,9 +4,10 @@ Rows (select groups with --rows): tokenizer cold and warm; `clip.load` time and 
 preprocessing of 64 JPEG/PNG files; `clip embed` over 256 JPEG/PNG files against the README's
 per-image loop and `encode_image` alone (ours only); the measured fp32 and bf16 matmul roofline;
 `encode_image` and `encode_text` of ViT-B/32 and RN50 shapes (fp32 at batch 1 and 32, bf16 and
-bf16 autocast at batch 1 and a reduced batch). Every row is measured in this run, ours and the
-original alternately, each side in processes of its own (both packages are named `clip`); ratios
-are ours / original.
+bf16 autocast at batch 1 and a reduced batch); training steps/s of `clip train` against open_clip's
+`open_clip_train` (a tiny ViT CLIP on a procedural CSV; the original column there is open_clip).
+Every row is measured in this run, ours and the original alternately, each side in processes of
+its own (both packages are named `clip`); ratios are ours / original.
 
 The original is `clip-anytorch` in a folder of its own (see benchmarks/_common.py):
 
@@ -35,7 +36,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from benchmarks import _common, bench_encode
 
-GROUPS = ("tokenizer", "load", "preprocess", "embed", "roofline", "encode")
+GROUPS = ("tokenizer", "load", "preprocess", "embed", "roofline", "encode", "train")
 RESULTS_FILE = Path(__file__).resolve().parent / "RESULTS.md"
 COLUMNS = (
     "Row",
@@ -55,6 +56,7 @@ QUICK = {
     "repeats": 1,
     "low_precision_batch": 0,
     "slow_layout": False,
+    "train_images": 128,
 }
 FULL = {
     "embed_count": 256,
@@ -62,6 +64,7 @@ FULL = {
     "repeats": 5,
     "low_precision_batch": 8,
     "slow_layout": True,
+    "train_images": 512,
 }
 UNITS = {"image": "img/s", "text": "texts/s"}
 DASH = "–"
@@ -198,6 +201,28 @@ def embed_rows(options: Dict[str, Any]) -> List[Row]:
             "Goal": f"≥ {100 * bench_embed.GOAL_VS_ENCODE:.0f}% of encode_image",
             "Met": _met(f["embed_vs_encode"] >= bench_embed.GOAL_VS_ENCODE),
         },
+    ]
+
+
+def train_rows(options: Dict[str, Any]) -> List[Row]:
+    from benchmarks import bench_train
+
+    batch = 32
+    f = bench_train.run(
+        images=options["train_images"], batch_size=batch, epochs=2, threads=options["threads"]
+    )
+    options["raw"]["train"] = f
+    return [
+        {
+            "Row": f"training steps/s, tiny ViT CLIP, fp32, batch {batch} "
+            f"({f['steps_per_epoch']} steps/epoch, last of 2 epochs); original: open_clip_train",
+            "Threads": str(options["threads"] or options["default_threads"]),
+            "Ours": f"{f['ours_steps_per_s']:.2f} steps/s",
+            "Original": f"{f['open_clip_steps_per_s']:.2f} steps/s",
+            "Ours / original": _x(f["ratio"]),
+            "Goal": f"≥ {bench_train.GOAL_RATIO:.0f}x open_clip_train",
+            "Met": _met(f["ratio"] >= bench_train.GOAL_RATIO),
+        }
     ]
 
 
@@ -437,6 +462,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "load": lambda: load_rows(options),
         "preprocess": lambda: preprocess_rows(options),
         "embed": lambda: embed_rows(options),
+        "train": lambda: train_rows(options),
     }
     rows: List[Row] = []
     for group in GROUPS:

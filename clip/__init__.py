@@ -10,9 +10,18 @@ from ._versions import check_installed
 
 check_installed()  # one clear ImportError on a too-old torch, before anything fails deep inside
 
-from . import features, model, zeroshot  # noqa: E402
+from . import features, loss, model, zeroshot  # noqa: E402
 from ._preprocess import preprocess_batch  # noqa: E402
 from .clip import available_models, load, tokenize  # noqa: E402
 
-__all__ = ["available_models", "load", "tokenize", "preprocess_batch", "model", "zeroshot", "features"]
+__all__ = [
+    "available_models",
+    "load",
+    "tokenize",
+    "preprocess_batch",
+    "model",
+    "zeroshot",
+    "features",
+    "loss",
+]
 __version__ = "1.0.0"

@@ -119,6 +119,7 @@ SUBCOMMANDS: Dict[str, str] = {
     "embed": "clip._cli_embed",
     "search": "clip._cli_search",
     "convert": "clip._cli_convert",
+    "train": "clip._cli_train",
 }
 
 

@@ -94,7 +94,10 @@ def load(
             `~/.cache/clip`.
         dtype: (keyword-only) cast every floating-point weight to this dtype, e.g. `torch.bfloat16`
             for bf16 inference on the CPU. Default: float32 on the CPU; on a GPU the release's mixed
-            precision (fp16 weights, fp32 norms and embeddings). Only with jit=False.
+            precision (fp16 weights, fp32 norms and embeddings). Only with jit=False. Without it,
+            weights pass through the release's fp16 rounding as in the original; with it, the
+            file's values are cast directly, so `dtype=torch.float32` loads an fp32 checkpoint
+            (e.g. from `clip train`) exactly.
 
     Returns:
         (model, preprocess): the model in eval mode on `device`, and the torchvision transform
@@ -140,7 +143,11 @@ def load(
 
     state_dict = read_state_dict(model_path)
     try:
-        model = build_model(state_dict, share_memory=True)
+        # an explicit dtype is applied to the file's own values, so an fp32 file (a fine-tune) stays
+        # exact; by default, and for fp16 files (the release), the release's conversion as before
+        conv = state_dict.get("visual.conv1.weight")
+        exact = cast is not None and isinstance(conv, torch.Tensor) and conv.dtype == torch.float32
+        model = build_model(state_dict, share_memory=True, release_precision=not exact)
     except ValueError as exc:
         raise CheckpointError(
             f"{model_path!r} is not a CLIP checkpoint the release's code can build: {exc}"

@@ -9,6 +9,7 @@ Shape comments: N batch, L sequence length, D width, H heads, C channels.
 This module does no I/O.
 """
 
+import contextlib
 import math
 import warnings
 from collections import OrderedDict
@@ -17,6 +18,7 @@ from typing import Dict, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from ._bf16 import bf16_compute
@@ -292,8 +294,20 @@ class ResidualAttentionBlock(nn.Module):
         return x
 
 
+def _recompute_in_bf16_compute(x: torch.Tensor):
+    """Checkpoint contexts: the recomputation runs in the `bf16_compute` the forward ran in."""
+    recompute = bf16_compute(x.device, x.dtype)  # decided now, under the forward's autocast state
+    return lambda: (contextlib.nullcontext(), recompute)
+
+
 class Transformer(nn.Module):
-    """A stack of residual attention blocks over sequence-first input (L, N, D)."""
+    """A stack of residual attention blocks over sequence-first input (L, N, D).
+
+    With `grad_checkpointing` set (see `CLIP.set_grad_checkpointing`), each block's activations
+    are recomputed in the backward pass instead of kept: same outputs and gradients, less memory.
+    """
+
+    grad_checkpointing: bool = False  # off by default; an instance attribute once set
 
     def __init__(self, width: int, layers: int, heads: int, attn_mask: Optional[torch.Tensor] = None) -> None:
         super().__init__()
@@ -304,6 +318,12 @@ class Transformer(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_tracing():
+            for block in self.resblocks:
+                x = torch.utils.checkpoint.checkpoint(
+                    block, x, use_reentrant=False, context_fn=_recompute_in_bf16_compute(x)
+                )
+            return x
         return self.resblocks(x)
 
 
@@ -443,6 +463,66 @@ class CLIP(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.visual.conv1.weight.dtype
+
+    # Training hooks: additive, off by default (see clip.train)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute the transformer blocks' activations in backward (ViT and text towers).
+
+        Outputs and gradients are unchanged; memory falls at the cost of a second forward pass
+        through the blocks. ResNet image towers are left as they are: recomputing a block would
+        update BatchNorm's running statistics twice.
+        """
+        towers = [self.transformer] + (
+            [self.visual.transformer] if isinstance(self.visual, VisionTransformer) else []
+        )
+        for tower in towers:
+            tower.grad_checkpointing = enable
+
+    def _tower_modules(self, tower: str) -> Tuple[nn.Module, ...]:
+        if tower == "image":
+            return (self.visual,)
+        return (self.token_embedding, self.transformer, self.ln_final)
+
+    def _tower_parameters(self, tower: str) -> Tuple[nn.Parameter, ...]:
+        params = tuple(p for module in self._tower_modules(tower) for p in module.parameters())
+        return params + ((self.positional_embedding, self.text_projection) if tower == "text" else ())
+
+    def _lock(self, tower: str, freeze_norm_stats: bool) -> None:
+        for param in self._tower_parameters(tower):
+            param.requires_grad_(False)
+        if freeze_norm_stats:
+            norms = [
+                m
+                for module in self._tower_modules(tower)
+                for m in module.modules()
+                if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm))
+            ]
+            self._frozen_norms = getattr(self, "_frozen_norms", []) + norms
+            for norm in norms:
+                norm.eval()
+
+    def lock_image_tower(self, freeze_norm_stats: bool = False) -> None:
+        """Freeze every parameter of the image tower (`visual`); training leaves it as it is.
+
+        With `freeze_norm_stats`, its normalisation layers also stay in eval mode through
+        `model.train()`: BatchNorm (ResNet towers) keeps using and no longer updates its running
+        statistics.
+        """
+        self._lock("image", freeze_norm_stats)
+
+    def lock_text_tower(self, freeze_norm_stats: bool = False) -> None:
+        """Freeze the text tower: token and positional embeddings, transformer, ln_final, projection.
+
+        `freeze_norm_stats` keeps its LayerNorms in eval mode through `model.train()`.
+        """
+        self._lock("text", freeze_norm_stats)
+
+    def train(self, mode: bool = True) -> "CLIP":
+        super().train(mode)
+        for norm in getattr(self, "_frozen_norms", ()):
+            norm.eval()
+        return self
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """(N, 3, R, R) preprocessed images -> (N, embed_dim) unnormalised image features."""
@@ -660,7 +740,9 @@ def _check_keys_and_shapes(expected: Dict[str, torch.Tensor], given: Mapping[str
         )
 
 
-def build_model(state_dict: Mapping[str, torch.Tensor], *, share_memory: bool = False) -> CLIP:
+def build_model(
+    state_dict: Mapping[str, torch.Tensor], *, share_memory: bool = False, release_precision: bool = True
+) -> CLIP:
     """Build an eval-mode CLIP from a release-layout state dict, converted like the release.
 
     Every dimension is inferred from the state dict; the three scalar entries are ignored; the
@@ -668,6 +750,8 @@ def build_model(state_dict: Mapping[str, torch.Tensor], *, share_memory: bool = 
     No random initialisation is done: the model is built on the meta device and the weights are
     assigned. `share_memory=True` (keyword-only) lets the model keep tensors of the given dict
     whose dtype already fits instead of copying them; only pass it for a dict you own.
+    `release_precision=False` (keyword-only) skips the release's fp16 conversion: every weight is
+    kept in fp32, so an fp32 checkpoint (a fine-tune) keeps its exact values.
 
     Raises ValueError naming the offending keys when keys are missing or unexpected, or shapes fit
     no CLIP.
@@ -679,7 +763,8 @@ def build_model(state_dict: Mapping[str, torch.Tensor], *, share_memory: bool = 
     dims = CLIPDimensions.from_state_dict(weights)
     with torch.device("meta"):
         model = CLIP(**vars(dims))
-        convert_weights(model)
+        if release_precision:
+            convert_weights(model)
     expected = model.state_dict()
     _check_keys_and_shapes(expected, weights)
 

@@ -1,0 +1,133 @@
+"""`clip train`: fine-tune a CLIP, or train one from scratch, on a CSV/TSV of image-caption pairs.
+
+    clip train --train-data pairs.csv --model ViT-B/32 --epochs 2 --lr 1e-5 --warmup 50
+    torchrun --nproc_per_node=2 -m clip train -- --train-data pairs.csv --model ViT-B/32 ...
+
+Flags are named as in open_clip's training script. The work is `clip.train.train`.
+"""
+
+import argparse
+import logging
+import sys
+from typing import List
+
+__all__ = ["main"]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+END_OF_LAUNCHER_OPTIONS = "--"
+
+EPILOG = """\
+data:
+  A CSV/TSV file whose first line names the columns; --csv-img-key names the image-path column
+  (relative paths: the file's folder, then the working directory) and --csv-caption-key the
+  caption column. Rows with an empty caption, a missing file or an unreadable image are counted
+  and skipped. A validation file may have a "label" column: the epoch line then shows zero-shot
+  top-1 accuracy over its distinct labels (each label's text is its prompt); otherwise
+  image-to-text and text-to-image recall@1.
+
+precision:
+  fp32      everything in float32
+  amp       autocast (float16 on CUDA with a gradient scaler; bfloat16 on the CPU), fp32 weights
+  amp_bf16  autocast to bfloat16, fp32 weights, no scaler
+
+output (rank 0 only under torchrun):
+  LOGS/out.log, and LOGS/checkpoints/epoch_N.pt every --save-frequency epochs and at the end;
+  clip.load reads them. --resume FILE (or "latest") continues a run where it stopped.
+
+examples:
+  clip train --train-data train.csv --val-data val.csv --model ViT-B/32 --epochs 5 \\
+      --batch-size 128 --lr 1e-5 --warmup 100 --precision amp
+  torchrun --nproc_per_node=4 -m clip train -- --train-data train.csv --model RN50 --logs runs/a
+      (the -- keeps torchrun from reading --logs as its own --logs-specs)
+  clip train --train-data shapes.csv --model-config tiny.json --epochs 20 --lr 1e-3
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    from clip.train import PRECISIONS, TrainConfig
+
+    d = TrainConfig(train_data="")
+    p = argparse.ArgumentParser(
+        prog="clip train",
+        description="Fine-tune a CLIP (or train one from scratch) on image-caption pairs in a CSV/TSV file.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--train-data", required=True, metavar="FILE", help="CSV/TSV of training pairs")
+    p.add_argument("--val-data", metavar="FILE", help="CSV/TSV of validation pairs (optional)")
+    p.add_argument(
+        "--csv-img-key", default=d.csv_img_key, help=f"image path column (default: {d.csv_img_key})"
+    )
+    p.add_argument(
+        "--csv-caption-key", default=d.csv_caption_key, help=f"caption column (default: {d.csv_caption_key})"
+    )
+    p.add_argument(
+        "--csv-separator", default=None, help="column separator (default: ',' for .csv, else a tab)"
+    )
+    p.add_argument("--model", help="a released model name or a checkpoint file clip.load reads")
+    p.add_argument(
+        "--model-config",
+        metavar="FILE.json",
+        help="train from scratch: JSON of clip.model.CLIPDimensions fields",
+    )
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"(default: {d.epochs})")
+    p.add_argument(
+        "--batch-size", type=int, default=d.batch_size, help=f"per process (default: {d.batch_size})"
+    )
+    p.add_argument("--lr", type=float, default=d.lr, help=f"peak learning rate (default: {d.lr})")
+    p.add_argument("--wd", type=float, default=d.wd, help=f"AdamW weight decay (default: {d.wd})")
+    p.add_argument("--warmup", type=int, default=d.warmup, help=f"linear warmup steps (default: {d.warmup})")
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision, help=f"(default: {d.precision})")
+    p.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward")
+    p.add_argument("--lock-image", action="store_true", help="freeze the image tower")
+    p.add_argument("--lock-text", action="store_true", help="freeze the text tower")
+    p.add_argument(
+        "--workers", type=int, default=d.workers, help=f"data loader processes (default: {d.workers})"
+    )
+    p.add_argument(
+        "--save-frequency",
+        type=int,
+        default=d.save_frequency,
+        help="save every N epochs (and after the last)",
+    )
+    p.add_argument("--resume", metavar="FILE", help='checkpoint to continue from, or "latest" in --logs')
+    p.add_argument(
+        "--logs", default=d.logs, metavar="DIR", help=f"log and checkpoint folder (default: {d.logs})"
+    )
+    p.add_argument("--seed", type=int, default=d.seed, help=f"(default: {d.seed})")
+    return p
+
+
+def main(argv: List[str]) -> int:
+    """Parse `argv`, train, return the exit status."""
+    parser = _parser()
+    # `torchrun ... -m clip train -- FLAGS`: the -- keeps torchrun's parser off our flags (it
+    # rejects --logs as an abbreviation of its --logs-specs); this command takes no positionals
+    argv = [arg for arg in argv if arg != END_OF_LAUNCHER_OPTIONS]
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+
+    from clip.train import TrainConfig, train
+
+    config = TrainConfig(**vars(args))
+    try:
+        config.validate()
+    except ValueError as exc:
+        sys.stderr.write(f"clip train: error: {exc}\n")
+        return EXIT_USAGE
+    log = logging.getLogger("clip.train")
+    handler = logging.StreamHandler(sys.stdout)
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        train(config)
+    except (ValueError, RuntimeError, OSError) as exc:
+        sys.stderr.write(f"clip train: error: {exc}\n")
+        return EXIT_FAILURE
+    finally:
+        log.removeHandler(handler)
+    return EXIT_OK
