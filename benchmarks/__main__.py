@@ -1,11 +1,12 @@
 """The benchmark suite: `python -m benchmarks` prints one markdown table, ours beside the original.
 
-Rows (select groups with --rows): tokenizer cold and warm, and sustained on novel text (per corpus:
-the slowest block of 50,000 captions against the original's mean rate); `clip.load` time and peak RSS; batch
-preprocessing of 64 JPEG/PNG files; the measured fp32 and bf16 matmul roofline; `encode_image` and
-`encode_text` of ViT-B/32 and RN50 shapes (fp32 at batch 1 and 32, bf16 and bf16 autocast at batch
-1 and a reduced batch). Every row is measured in this run, ours and the original alternately,
-each side in processes of its own (both packages are named `clip`); ratios are ours / original.
+Rows (select groups with --rows): tokenizer cold and warm, and sustained on novel text (per
+corpus: the slowest block of 50,000 captions against the original's mean rate); `clip.load` time
+and peak RSS; batch preprocessing of 64 JPEG/PNG files; the measured fp32 and bf16 matmul
+roofline; `encode_image` and `encode_text` of ViT-B/32 and RN50 shapes (fp32 at batch 1 and 32,
+bf16 and bf16 autocast at batch 1 and a reduced batch). Every row is measured in this run, ours
+and the original alternately, each side in processes of its own (both packages are named `clip`);
+ratios are ours / original.
 
 The original is `clip-anytorch` in a folder of its own (see benchmarks/_common.py):
 
@@ -14,8 +15,8 @@ The original is `clip-anytorch` in a folder of its own (see benchmarks/_common.p
 
 Run from the repository root:
 
-    python -m benchmarks                      # whole suite, about 10 minutes on 2 cores
-    python -m benchmarks --quick              # fewer passes and captions, about 3 minutes
+    python -m benchmarks                      # whole suite, about 30 minutes on 2 cores
+    python -m benchmarks --quick              # fewer passes and captions, about 5 minutes
     python -m benchmarks --rows encode --models ViT-B/32 --modes fp32
     python -m benchmarks --write-results      # also writes benchmarks/RESULTS.md
 
