@@ -430,8 +430,6 @@ def _reset_peak_rss() -> bool:
 
 def _sustained_worker(args: argparse.Namespace) -> None:
     """Runs in a subprocess: one side, one corpus, one way of feeding it; per-block timings."""
-    import resource
-
     import torch
 
     import clip
@@ -464,7 +462,7 @@ def _sustained_worker(args: argparse.Namespace) -> None:
             tokens = clip.tokenize(batch, truncate=True)
             elapsed += time.perf_counter() - t0
             if start < digest_rows:
-                digest.update(tokens[: digest_rows - start].to(torch.int32).numpy().tobytes())
+                digest.update(tokens[: digest_rows - start].to(torch.int32).numpy().data)
             if (start + batch_size) % block == 0 or start + batch_size >= count:
                 block_s.append(elapsed)
                 elapsed = 0.0
@@ -490,10 +488,13 @@ def _sustained_worker(args: argparse.Namespace) -> None:
         # Block k ends when text k * block is encoded; the last block ends with the call.
         edges = [t0, *ticks[: (count - 1) // block], t1]
         block_s = [b - a for a, b in zip(edges, edges[1:])]
-        digest.update(tokens[:digest_rows].to(torch.int32).numpy().tobytes())
         output_bytes = tokens.numel() * tokens.element_size()
     peak = _rss_bytes("VmHWM") if peak_reset else None
+    if args.feed != "batches":  # hashed in place (no copy), after the peak was read
+        digest.update(tokens[:digest_rows].to(torch.int32).numpy().data)
     if peak is None:  # ru_maxrss: KiB on Linux; the peak of the whole process, set-up included
+        import resource  # POSIX only
+
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     sizes = [block] * (len(block_s) - 1) + [count - block * (len(block_s) - 1)]
     figures: Dict[str, Any] = {
