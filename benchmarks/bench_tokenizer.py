@@ -592,9 +592,15 @@ def run_sustained(
             for side, feed, n, root in runs:
                 if progress:
                     progress(f"{corpus}: {side}, {feed}, {n:,} captions")
-                sides[f"{side}, {feed}"] = _run_sustained_side(
+                figures = _run_sustained_side(
                     side, feed, captions_file, n, original_count, block, root, workdir
                 )
+                sides[f"{side}, {feed}"] = figures
+                if progress:
+                    progress(
+                        f"{corpus}: {side}, {feed}: mean {figures['mean_rate']:,.0f} captions/s, blocks "
+                        + " ".join(f"{rate:,.0f}" for rate in figures["block_rates"])
+                    )
             reference = sides["original, batches"]
             for key, figures in sides.items():
                 if figures["digest"] != reference["digest"]:
