@@ -12,9 +12,12 @@ What differs is speed, never output:
   has nothing to do, so the cleaned text is just the text with whitespace runs collapsed (see
   `_PLAIN_TEXT_EXCEPTIONS`). Every other text takes the original cleaning path.
 * Ids are cached per pre-token (and per whitespace-separated chunk of plain text) and per whole
-  text, in bounded caches (short words and texts only), packed as int32 bytes so that a batch of
-  rows is assembled with byte copies instead of per-token Python work. (`cache` is kept as the
-  original's, but only `bpe` fills it: `encode` uses the private caches.)
+  text (short words and texts only), packed as int32 bytes so that a batch of rows is assembled
+  with byte copies instead of per-token Python work. (`cache` is kept as the original's, but only
+  `bpe` fills it: `encode` uses the private caches.)
+* Every cache is bounded (entries, and bytes for the private ones; see `_WORD_CACHE_ENTRIES` and
+  below) and drops its oldest entries first, in O(1) per entry, so a corpus of ever-new words runs
+  at a steady rate in steady memory; the original's `cache` grows without limit.
 * A word whose whole form is a vocabulary entry is that entry: checked against every entry of the
   released vocabulary, so this shortcut is only taken with that file.
 * `_packed_row(text, limit)` can stop once ``limit`` ids are known, cleaning long texts in pieces
@@ -31,9 +34,25 @@ import html
 import os
 import re as _re
 import sys
+import threading
 from array import array
+from collections import deque
 from functools import lru_cache
-from typing import Any, BinaryIO, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, Union
+from typing import (
+    Any,
+    BinaryIO,
+    Deque,
+    Dict,
+    Hashable,
+    Iterable,
+    Iterator,
+    List,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    Union,
+)
 
 __all__ = [
     "SimpleTokenizer",
@@ -85,11 +104,40 @@ _PIECE_CHARS = 4096
 _INCREMENTAL_MIN_CHARS = 2 * _PIECE_CHARS
 _CACHED_TEXT_CHARS = 1024
 _NOT_A_MERGE = float("inf")  # rank of a pair that is not a merge
-_TEXT_CACHE_ENTRIES = 1 << 15
-_WORD_CACHE_ENTRIES = 1 << 17
+# The BPE on ids: a pair of ids (a, b) is the key a << _PAIR_SHIFT | b (ids are < 2**16: the
+# vocabulary has at most 49,408 entries); _NO_MERGE_RANK is above every merge's rank.
+_PAIR_SHIFT = 16
+_NO_MERGE_RANK = 1 << 30
 # Longer words and chunks are encoded every time, never cached: a few giant words (a megabyte of
 # letters without a space) must not pin their size in memory for the life of the process.
 _CACHED_WORD_CHARS = 64
+
+# Cache bounds. Each cache drops its oldest entries first once a bound is reached (FIFO, O(1) per
+# entry: the order of insertion is kept in a deque beside the dict).
+#
+# Pre-tokens and chunks -> packed ids. 2**17 entries hold the words that make up nearly all of the
+# running text of an English caption corpus (Zipf-distributed: ~100k distinct words cover well over
+# 95% of it), about 200 bytes each (a short str, a short bytes, the slot), ~26 MiB; the byte bound
+# caps the worst case (64-character words of 4-byte characters, ~1.5 KB each) at 48 MiB instead of
+# ~190 MiB.
+_WORD_CACHE_ENTRIES = 1 << 17
+_WORD_CACHE_BYTES = 48 << 20
+# Whole texts (up to _CACHED_TEXT_CHARS characters) -> packed rows: 2**15 entries repeat a batch,
+# an epoch of a small dataset or a prompt set (ImageNet's 80 templates x 1,000 classes) with no work
+# at ~400 bytes a caption (~13 MiB); the byte bound caps texts of up to 1,024 wide characters (~8 KB
+# each) at 32 MiB instead of ~256 MiB.
+_TEXT_CACHE_ENTRIES = 1 << 15
+_TEXT_CACHE_BYTES = 32 << 20
+# The original's `cache` (token -> its BPE symbols), filled only by `bpe()`: the original lets it
+# grow without limit. 2**16 tokens of up to _CACHED_WORD_CHARS bytes: ~10 MiB typical, ~40 MiB at
+# worst (it is a plain dict, as in the original, so it is bounded by entries only).
+_BPE_CACHE_ENTRIES = 1 << 16
+# What a cached entry costs beyond its key and value (sys.getsizeof of each): the dict's entry and
+# index slots (24 + 4 bytes, up to 3x over-allocated right after a resize) and the deque's pointer.
+_ENTRY_OVERHEAD_BYTES = 96
+# Held while a cache and its eviction order change together, so that concurrent `tokenize` calls
+# (threads) keep them consistent. Reads take no lock. Module-level: a tokenizer stays picklable.
+_CACHE_STORE_LOCK = threading.Lock()
 
 
 def _int32_typecode() -> str:
@@ -212,7 +260,11 @@ class SimpleTokenizer:
         self._special_ids = {SOT_TEXT: self._sot_bytes, EOT_TEXT: self._eot_bytes}
         self._word_cache: Dict[str, bytes] = dict(self._special_ids)
         self._text_cache: Dict[str, bytes] = {}
+        self._word_cache_bound = _CacheBound(_WORD_CACHE_ENTRIES, _WORD_CACHE_BYTES)
+        self._text_cache_bound = _CacheBound(_TEXT_CACHE_ENTRIES, _TEXT_CACHE_BYTES)
+        self._bpe_cache_bound = _CacheBound(_BPE_CACHE_ENTRIES)  # the seeded specials are never evicted
         self._id_bytes: Optional[Dict[int, bytes]] = None
+        self._id_merges: Optional[_IdMerges] = None  # built on the first word that needs BPE
 
     # ----------------------------------------------------------------------------------------- BPE
 
@@ -257,15 +309,72 @@ class SimpleTokenizer:
             ranks = [rank_of(pair, _NOT_A_MERGE) for pair in zip(word, word[1:])]
         return word
 
+    def _merges_by_id(self) -> "_IdMerges":
+        """The merges restated on vocabulary ids (built once, on first use)."""
+        tables = self._id_merges
+        if tables is None:  # two threads may both build it: same result, one is kept
+            tables = self._id_merges = _IdMerges(self.encoder, self.bpe_ranks, self.byte_encoder)
+        return tables
+
+    def _bpe_ids(self, token: str) -> List[int]:
+        """Vocabulary ids of `_bpe_symbols(token)`, computed on ids instead of strings.
+
+        The same merges in the same order: each symbol string has exactly one id (`encoder` maps
+        distinct strings to distinct ids, and every symbol is a vocabulary entry), so a pair of ids
+        stands for exactly one pair of strings, and merging it gives the id of the joined string.
+        Integer keys hash without building tuples, and the result needs no `encoder` look-ups.
+        """
+        tables = self._merges_by_id()
+        symbol_id = tables.symbol_id
+        ids = [symbol_id[c] for c in token]
+        ids[-1] = tables.end_symbol_id[token[-1]]
+        shift = _PAIR_SHIFT
+        rank_of = tables.rank.get
+        merged_id = tables.merged_id
+        ranks = [rank_of(a << shift | b, _NO_MERGE_RANK) for a, b in zip(ids, ids[1:])]
+        while ranks:
+            best = min(ranks)
+            if best == _NO_MERGE_RANK:
+                break
+            at = ranks.index(best)
+            merged = merged_id[best]
+            if ranks.count(best) == 1:  # the usual case: one merge, two neighbouring pairs change
+                ids[at : at + 2] = [merged]
+                del ranks[at]
+                if at > 0:
+                    ranks[at - 1] = rank_of(ids[at - 1] << shift | merged, _NO_MERGE_RANK)
+                if at < len(ranks):
+                    ranks[at] = rank_of(merged << shift | ids[at + 1], _NO_MERGE_RANK)
+                continue
+            new_ids: List[int] = []
+            start = 0
+            while True:  # left to right, occurrences do not overlap
+                new_ids.extend(ids[start:at])
+                new_ids.append(merged)
+                start = at + 2
+                try:
+                    at = ranks.index(best, start)
+                except ValueError:
+                    break
+            new_ids.extend(ids[start:])
+            ids = new_ids
+            ranks = [rank_of(a << shift | b, _NO_MERGE_RANK) for a, b in zip(ids, ids[1:])]
+        return ids
+
     def bpe(self, token: str) -> str:
-        """BPE symbols of a byte-encoded token, joined by spaces (cached in `cache`, as the original)."""
+        """BPE symbols of a byte-encoded token, joined by spaces (cached in `cache`, as the original).
+
+        Unlike the original's, `cache` is bounded: tokens over `_CACHED_WORD_CHARS` are not cached, and
+        past `_BPE_CACHE_ENTRIES` the oldest entries (never the seeded special tokens) are dropped.
+        """
         cached = self.cache.get(token)
         if cached is not None:
             return cached
         if len(token) == 1:
             return token + _END_OF_WORD
         word = " ".join(self._bpe_symbols(token))
-        self.cache[token] = word
+        if len(token) <= _CACHED_WORD_CHARS:
+            self._bpe_cache_bound.store(self.cache, token, word)
         return word
 
     def _word_ids(self, word: str) -> bytes:
@@ -281,10 +390,9 @@ class SimpleTokenizer:
         if whole is not None:
             packed = whole.to_bytes(_ID_BYTES, sys.byteorder)
         else:
-            encoder = self.encoder
-            packed = _pack([encoder[s] for s in self._bpe_symbols(token)])
+            packed = _pack(self._bpe_ids(token))
         if len(word) <= _CACHED_WORD_CHARS:
-            _bounded_store(self._word_cache, word, packed, _WORD_CACHE_ENTRIES)
+            self._word_cache_bound.store(self._word_cache, word, packed)
         return packed
 
     # ------------------------------------------------------------------------------------ encoding
@@ -310,7 +418,7 @@ class SimpleTokenizer:
         get = self._word_cache.get
         packed = b"".join([get(w) or self._word_ids(w) for w in words])
         if len(chunk) <= _CACHED_WORD_CHARS:
-            _bounded_store(self._word_cache, chunk, packed, _WORD_CACHE_ENTRIES)
+            self._word_cache_bound.store(self._word_cache, chunk, packed)
         return packed
 
     def _packed_ids(self, text: str) -> bytes:
@@ -405,7 +513,7 @@ class SimpleTokenizer:
             return self._sot_bytes + self._packed_ids_prefix(text, limit) + self._eot_bytes
         row = self._sot_bytes + self._packed_ids(text) + self._eot_bytes
         if len(text) <= _CACHED_TEXT_CHARS:
-            _bounded_store(self._text_cache, text, row, _TEXT_CACHE_ENTRIES)
+            self._text_cache_bound.store(self._text_cache, text, row)
         return row
 
     def encode(self, text: str) -> List[int]:
@@ -432,11 +540,67 @@ def _pack(ids: List[int]) -> bytes:
     return array(_ID_TYPECODE, ids).tobytes()
 
 
-def _bounded_store(cache: Dict[str, bytes], key: str, value: bytes, max_entries: int) -> None:
-    """Store into a dict used as a cache, dropping its oldest entry when full (thread-tolerant)."""
-    if len(cache) >= max_entries:
-        try:
-            cache.pop(next(iter(cache)), None)
-        except (StopIteration, RuntimeError):  # emptied or resized by another thread
-            pass
-    cache[key] = value
+class _IdMerges:
+    """The merges of a vocabulary restated on ids, for `SimpleTokenizer._bpe_ids`.
+
+    `symbol_id` / `end_symbol_id`: byte symbol -> id of the symbol / of the symbol + "</w>";
+    `rank`: pair key (a << _PAIR_SHIFT | b) -> rank of the merge of the strings with ids a and b, as
+    in `bpe_ranks`; `merged_id`: rank -> id of the joined string.
+    """
+
+    def __init__(
+        self, encoder: Dict[str, int], bpe_ranks: Dict[Tuple[str, ...], int], byte_encoder: Dict[int, str]
+    ) -> None:
+        if len(encoder) > 1 << _PAIR_SHIFT:
+            raise ValueError(f"a vocabulary of {len(encoder)} entries does not fit pair keys")
+        self.symbol_id = {c: encoder[c] for c in byte_encoder.values()}
+        self.end_symbol_id = {c: encoder[c + _END_OF_WORD] for c in byte_encoder.values()}
+        self.rank: Dict[int, int] = {}
+        self.merged_id: Dict[int, int] = {}
+        for pair, rank in bpe_ranks.items():
+            if len(pair) != 2:
+                continue  # a malformed line: never a pair of adjacent symbols
+            first, second = encoder.get(pair[0]), encoder.get(pair[1])
+            if first is None or second is None:
+                continue  # not two vocabulary entries: never a pair of adjacent symbols
+            self.rank[first << _PAIR_SHIFT | second] = rank
+            self.merged_id[rank] = encoder["".join(pair)]
+
+
+class _CacheBound:
+    """Keeps a dict used as a cache within a number of entries (and of bytes), oldest out first.
+
+    The cache stays a plain dict, read without a lock (`dict.get` on the fast path); this object
+    remembers the order in which `store` added keys, so that each eviction is one `deque.popleft`
+    and one `dict.pop`: O(1). (Popping ``next(iter(cache))`` instead walks the slots left empty by
+    earlier deletions, so each eviction costs more than the last until the dict is resized.) Entries
+    put into the dict by other means (the seeded special tokens) are never evicted, but count.
+    """
+
+    def __init__(self, max_entries: int, max_bytes: Optional[int] = None) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self.nbytes = 0  # estimated size of the entries stored (and not yet evicted) here
+        self._order: Deque[Tuple[Hashable, int]] = deque()  # (key, size)
+
+    def store(self, cache: Dict[Any, Any], key: Hashable, value: Any) -> None:
+        """Put `key` -> `value` into `cache` (unless there already), dropping the oldest entries
+        while the cache is over its bounds."""
+        max_bytes = self.max_bytes
+        size = 0 if max_bytes is None else sys.getsizeof(key) + sys.getsizeof(value) + _ENTRY_OVERHEAD_BYTES
+        order = self._order
+        with _CACHE_STORE_LOCK:
+            if key in cache:  # stored meanwhile by another thread
+                return
+            cache[key] = value
+            order.append((key, size))
+            self.nbytes += size
+            while order and (
+                len(cache) > self.max_entries or (max_bytes is not None and self.nbytes > max_bytes)
+            ):
+                old_key, old_size = order.popleft()
+                if cache.pop(old_key, _MISSING) is not _MISSING:
+                    self.nbytes -= old_size
+
+
+_MISSING = object()

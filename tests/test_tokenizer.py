@@ -558,3 +558,138 @@ def test_vocab_copy_with_other_path(tmp_path):
     path = tmp_path / "copy.txt.gz"
     shutil.copyfile(default_bpe(), path)
     assert SimpleTokenizer(str(path)).encode("a photo of a cat") == [320, 1125, 539, 320, 2368]
+
+
+# ------------------------------------------------------------------------- caches past their bounds
+
+
+def uncached_ids(tok: SimpleTokenizer, text: str) -> List[int]:
+    """The original algorithm with no cache at all: full cleaning, regex, byte symbols, the merges."""
+    ids = []
+    for word in tok.pat.findall(whitespace_clean(basic_clean(text)).lower()):
+        if word in (st_module.SOT_TEXT, st_module.EOT_TEXT):
+            ids.append(tok.encoder[word])
+            continue
+        token = "".join(tok.byte_encoder[b] for b in word.encode("utf-8"))
+        ids.extend(tok.encoder[symbol] for symbol in tok._bpe_symbols(token))
+    return ids
+
+
+def _new_word(n: int, alphabet: str) -> str:
+    """Word number n over `alphabet`: distinct n give distinct words."""
+    letters = []
+    n += len(alphabet)  # at least two letters
+    while n:
+        n, digit = divmod(n, len(alphabet))
+        letters.append(alphabet[digit])
+    return "".join(letters)
+
+
+def _novel_texts(count: int) -> List[str]:
+    """Texts of words never repeated, in several scripts, with codes, hashtags, URLs and emoji."""
+    scripts = (
+        "bdfgklmnprstvzaeiou",
+        "бвгдзклмнпрстаеиоуя",
+        "βγδζκλμνπρστφχαεηιου",
+        "çñéèàüøåö",
+        "一二三四五六七八九十",
+    )
+    texts = []
+    for i in range(count):
+        script = scripts[i % len(scripts)]
+        words = [_new_word(5 * i + k, script) for k in range(5)]
+        texts.append(
+            f"A photo of {words[0].capitalize()} #{words[1]} {words[2][:3].upper()}-{i} {words[3]}, "
+            f"https://{words[4]}.example/{i}?a={i}&b=2 {chr(0x1F300 + i % 256)}"
+        )
+    return texts
+
+
+@pytest.mark.parametrize("bound", ["entries", "bytes"])
+def test_caches_past_their_bounds_give_uncached_ids(bound, golden, monkeypatch):
+    if bound == "entries":
+        monkeypatch.setattr(st_module, "_WORD_CACHE_ENTRIES", 64)
+        monkeypatch.setattr(st_module, "_TEXT_CACHE_ENTRIES", 16)
+    else:  # a few entries' worth of bytes
+        monkeypatch.setattr(st_module, "_WORD_CACHE_BYTES", 4096)
+        monkeypatch.setattr(st_module, "_TEXT_CACHE_BYTES", 4096)
+    monkeypatch.setattr(st_module, "_BPE_CACHE_ENTRIES", 32)
+    tok = SimpleTokenizer()
+    monkeypatch.setattr(tokenize_module, "_tokenizer", tok)
+    texts = _novel_texts(150)
+    expected = [uncached_ids(tok, text) for text in texts]
+    gold = [r for r in golden["strings"] if len(r["ids"]) + 2 <= 77][:150]
+    for _ in range(2):  # the second pass finds what the first evicted
+        assert [tok.encode(text) for text in texts] == expected
+        rows = clip.tokenize(texts, truncate=True).tolist()
+        assert [row[1 : row.index(EOT)] for row in rows] == [e[:75] for e in expected]
+        assert [tok.encode(r["t"]) for r in gold] == [r["ids"] for r in gold]
+        for cache, cache_bound in (
+            (tok._word_cache, tok._word_cache_bound),
+            (tok._text_cache, tok._text_cache_bound),
+        ):
+            assert len(cache) <= cache_bound.max_entries and len(cache_bound._order) <= len(cache)
+            if cache_bound.max_bytes is not None:
+                assert cache_bound.nbytes <= cache_bound.max_bytes
+            # The byte count is exactly that of what the cache holds (specials were not stored).
+            sizes = [
+                sys.getsizeof(key) + sys.getsizeof(value) + st_module._ENTRY_OVERHEAD_BYTES
+                for key, value in cache.items()
+                if key not in tok._special_ids
+            ]
+            assert cache_bound.nbytes == (sum(sizes) if cache_bound.max_bytes is not None else 0)
+    # The bounds were passed many times over (else this test would test nothing).
+    words = {w for t in texts for w in tok.pat.findall(whitespace_clean(basic_clean(t)).lower())}
+    assert len(words) > 2 * len(tok._word_cache) and len(tok._text_cache) < len(texts)
+    # bpe() and the original's `cache`: bounded, the special tokens kept.
+    tokens = [
+        "".join(tok.byte_encoder[b] for b in w.encode("utf-8")) for t in texts for w in tok.pat.findall(t)
+    ]
+    assert [tok.bpe(t) for t in tokens] == [" ".join(tok._bpe_symbols(t)) for t in tokens]
+    assert len(tok.cache) <= 32 and len(set(tokens)) > 64
+    assert (
+        tok.bpe(st_module.SOT_TEXT) == st_module.SOT_TEXT
+        and tok.bpe(st_module.EOT_TEXT) == st_module.EOT_TEXT
+    )
+
+
+def test_threads_past_the_cache_bounds_give_uncached_ids(monkeypatch):
+    monkeypatch.setattr(st_module, "_WORD_CACHE_ENTRIES", 40)
+    monkeypatch.setattr(st_module, "_TEXT_CACHE_ENTRIES", 8)
+    tok = SimpleTokenizer()
+    texts = _novel_texts(80)
+    expected = [uncached_ids(tok, text) for text in texts]
+    results: Dict[int, list] = {}
+
+    def work(k: int) -> None:
+        order = texts[k::4] + texts  # overlapping words, stored and evicted by every thread
+        results[k] = [tok.encode(text) for text in order][-len(texts) :]
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(results[k] == expected for k in range(4))
+    assert len(tok._word_cache) <= 40 and len(tok._text_cache) <= 8
+    assert sum(size for _, size in tok._word_cache_bound._order) == tok._word_cache_bound.nbytes
+
+
+def test_bpe_on_ids_equals_bpe_on_strings(tok):
+    words = [
+        _new_word(n, alphabet)
+        for n in range(0, 3000, 7)
+        for alphabet in ("abcdefghijklmnopqrstuvwxyz", "éàñø€")
+    ]
+    tokens = ["".join(tok.byte_encoder[b] for b in w.encode("utf-8")) for w in words]
+    assert [tok._bpe_ids(t) for t in tokens] == [
+        [tok.encoder[s] for s in tok._bpe_symbols(t)] for t in tokens
+    ]
+
+
+def test_tokenizer_pickles_with_its_caches(tok):
+    import pickle
+
+    tok.encode("a photo of qzxvbk and wörld")
+    copy = pickle.loads(pickle.dumps(tok))
+    assert copy.encode("a photo of qzxvbk and wörld") == tok.encode("a photo of qzxvbk and wörld")
