@@ -8,7 +8,8 @@
 
 from . import model
 from ._preprocess import preprocess_batch
+from ._quantize import quantize
 from .clip import available_models, load, tokenize
 
-__all__ = ["available_models", "load", "tokenize", "preprocess_batch", "model"]
+__all__ = ["available_models", "load", "tokenize", "preprocess_batch", "model", "quantize"]
 __version__ = "1.0.0"

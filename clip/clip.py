@@ -15,6 +15,7 @@ from ._checkpoint import CheckpointError, is_torchscript_archive, materialize_, 
 from ._download import _download, default_cache_dir
 from ._jit import load_jit
 from ._preprocess import BICUBIC, _convert_image_to_rgb, _transform  # noqa: F401 - the original's names
+from ._quantize import check_quantize_request, quantize_
 from ._tokenize import tokenize
 from .model import build_model
 from .simple_tokenizer import SimpleTokenizer as _Tokenizer  # noqa: F401 - the original's name
@@ -46,6 +47,7 @@ def load(
     download_root: Union[str, None] = None,
     *,
     dtype: Optional[torch.dtype] = None,
+    quantize: Optional[str] = None,
 ) -> Tuple[torch.nn.Module, Callable[[Any], torch.Tensor]]:
     """Load a CLIP model and the image transform that goes with it.
 
@@ -62,6 +64,9 @@ def load(
         dtype: (keyword-only) cast every floating-point weight to this dtype, e.g. `torch.bfloat16`
             for bf16 inference on the CPU. Default: float32 on the CPU; on a GPU the release's mixed
             precision (fp16 weights, fp32 norms and embeddings). Only with jit=False.
+        quantize: (keyword-only) "int8" for int8 inference on the CPU: every linear product of both
+            towers with int8 weights and dynamically quantised activations (see `clip.quantize`).
+            Default None. Only with jit=False, device "cpu" and dtype None or torch.float32.
 
     Returns:
         (model, preprocess): the model in eval mode on `device`, and the torchvision transform
@@ -70,7 +75,7 @@ def load(
     Raises:
         RuntimeError: the name is neither a released model nor an existing file ("Model ... not
             found; available models = [...]"), or the device is not available.
-        ValueError: a malformed device string or an unsupported dtype.
+        ValueError: a malformed device string, an unsupported dtype or quantize value.
         TypeError: `name`, `jit` or `download_root` of the wrong type.
         CheckpointError: (a RuntimeError and ValueError) the file is not a usable CLIP checkpoint;
             the message says why and what to do. UnsafeCheckpointError if it asks to run code.
@@ -89,6 +94,7 @@ def load(
         )
     target = _resolve_device(device)
     cast = _resolve_dtype(dtype, jit)
+    check_quantize_request(quantize, jit, target, cast)
     model_path = _resolve_path(name, download_root)
 
     if jit:
@@ -116,6 +122,8 @@ def load(
     if cast is None and target.type == "cpu":
         cast = torch.float32  # fp16 matmuls are slow or missing on CPUs: the original's model.float()
     materialize_(model, target, None if cast is None else _floating_to(cast))
+    if quantize is not None:
+        quantize_(model)
     return model, _transform(model.visual.input_resolution)
 
 
