@@ -311,10 +311,10 @@ def notes(options: Dict[str, Any]) -> List[str]:
         )
         if not encode["info"]["mkldnn_bf16_supported"]:
             out.append(
-                "This CPU has no bf16 units: clip times torch's bf16 kernels against fp32 products rounded "
-                "to bf16 once per shape class and uses the faster (clip/_bf16.py); the bf16-on-torch's-kernels "
-                "rows show what torch's generic bf16 kernels do alone. The bf16 roofline is the faster of the "
-                "two ways."
+                "This CPU has no bf16 units: clip times torch's bf16 kernels against fp32 products "
+                "rounded to bf16 once per shape class and uses the faster (clip/_bf16.py); the "
+                "bf16-on-torch's-kernels rows show what torch's generic bf16 kernels do alone. The bf16 "
+                "roofline is the faster of the two ways."
             )
         slow = "batch 1 (best of 2 passes)"
         if options["low_precision_batch"]:
