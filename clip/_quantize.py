@@ -133,11 +133,19 @@ class Int8SelfAttention(nn.Module):
         query: torch.Tensor,
         key: Optional[torch.Tensor] = None,
         value: Optional[torch.Tensor] = None,
+        key_padding_mask: Optional[torch.Tensor] = None,
         need_weights: bool = False,
         attn_mask: Optional[torch.Tensor] = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
     ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """`nn.MultiheadAttention`'s call (sequence-first, self-attention, no key padding mask)."""
         if (key is not None and key is not query) or (value is not None and value is not query):
             raise ValueError("Int8SelfAttention only does self-attention: pass the same tensor as q, k, v")
+        if key_padding_mask is not None:
+            raise ValueError(
+                "Int8SelfAttention takes no key_padding_mask (CLIP's blocks pass attn_mask only)"
+            )
         seq, batch, width = query.shape
         qkv = self.in_proj(query)  # (L, N, 3D)
         # (L, N, 3D) -> 3 x (N, H, L, D/H)
@@ -151,7 +159,7 @@ class Int8SelfAttention(nn.Module):
                 scores = scores + attn_mask
             probs = scores.softmax(dim=-1)
             out = probs @ v
-            weights = probs.mean(dim=1)  # averaged over heads, as nn.MultiheadAttention does
+            weights = probs.mean(dim=1) if average_attn_weights else probs  # as nn.MultiheadAttention
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)  # (N, H, L, D/H)
         out = out.permute(2, 0, 1, 3).reshape(seq, batch, width)  # (N, H, L, D/H) -> (L, N, D)

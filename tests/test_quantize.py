@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import clip
 from clip._quantize import Int8Linear, Int8SelfAttention
-from clip.model import CLIP, MultiheadSelfAttention, build_model
+from clip.model import CLIP, build_model
 
 # int8 weights (per output channel) and 8-bit dynamic activations through every block of both towers:
 # the bar for every item. Measured on these models: >= 0.998 (images), >= 0.998 (texts).
@@ -47,10 +47,11 @@ def test_every_linear_product_is_int8_and_the_original_is_unchanged(
     models: Dict[str, Tuple[CLIP, CLIP]],
 ) -> None:
     for fp32, int8 in models.values():
+        attention_type = type(fp32.transformer.resblocks[0].attn)  # whatever class the blocks use
         linears = [m for m in fp32.modules() if isinstance(m, torch.nn.Linear)]
-        attentions = [m for m in fp32.modules() if isinstance(m, MultiheadSelfAttention)]
+        attentions = [m for m in fp32.modules() if isinstance(m, attention_type)]
         assert attentions and linears
-        assert not any(isinstance(m, (torch.nn.Linear, MultiheadSelfAttention)) for m in int8.modules())
+        assert not any(isinstance(m, (torch.nn.Linear, attention_type)) for m in int8.modules())
         int8_attentions = [m for m in int8.modules() if isinstance(m, Int8SelfAttention)]
         int8_linears = [m for m in int8.modules() if isinstance(m, Int8Linear)]
         assert len(int8_attentions) == len(attentions)
@@ -122,6 +123,8 @@ def test_attention_weights_path_matches_fp32(models: Dict[str, Tuple[CLIP, CLIP]
     assert F.cosine_similarity(*flat, dim=0) >= MIN_COSINE_TO_FP32
     with pytest.raises(ValueError, match="self-attention"):
         twin(x, x.clone(), x)
+    with pytest.raises(ValueError, match="key_padding_mask"):
+        twin(x, x, x, key_padding_mask=torch.zeros(3, 7, dtype=torch.bool))
 
 
 def test_load_quantizes_on_request(tmp_path: Path) -> None:
