@@ -13,8 +13,10 @@ product one of two ways:
 
 The choice is made by measurement, once per process and shape class (the kind of product, its
 non-batch dimensions and its batch size rounded up to a power of two, capped): the first product of
-a class is timed both ways on a slice of at most a few dozen rows (a few milliseconds), the faster
-way is cached (thread-safe) and used from then on. Nothing is measured at import, nor while
+a class is timed both ways on a slice of at most 256 rows (a few milliseconds where both ways are
+fast; about one run of the slow way where one is slow, a one-off cost of a fraction of a second per
+class on CPUs with slow bf16 kernels), the faster way is cached (thread-safe) and used from then on.
+Nothing is measured at import, nor while
 torch.jit.trace, torch.compile or torch.export trace the model: there a cached decision is used, or,
 for a class not measured yet, the oneDNN flag (fp32 products when it reports no bf16 support).
 
@@ -60,8 +62,10 @@ _ATTENTION = frozenset({F.scaled_dot_product_attention})
 _PRODUCTS = _GEMMS | _CONVS | _ATTENTION
 _BIAS_FIRST = frozenset({torch.addmm, torch.baddbmm})  # (input, mat1, mat2): the product is args[1:3]
 
-# How much of a product the measurement runs: a slice of the batch, a few milliseconds on 2 cores.
-MEASURE_GEMM_ROWS = 64  # rows of the (M, K) x (K, N) product; larger M share one class
+# How much of a product the measurement runs: a slice of the batch. Enough rows that the fp32 way's
+# fixed cost (widening the weights) weighs in the timing as it does at large batches: at 64 rows of a
+# 768 x 3072 product it did not, and the slow generic bf16 kernels were chosen for batch 32.
+MEASURE_GEMM_ROWS = 256  # rows of the (M, K) x (K, N) product; larger M share one class
 MEASURE_CONV_IMAGES = 1
 MEASURE_ATTENTION_BATCH = 2
 MEASURE_REPEATS = 2  # timed runs of each way after one warm-up run; the fastest counts
@@ -258,12 +262,18 @@ def _seconds(run: Callable[[], Any]) -> float:
 
 
 def _measure(torch_run: Callable[[], Any], fp32_run: Callable[[], Any]) -> Tuple[float, float]:
-    """(seconds with torch's kernels, seconds with fp32 products), the fastest of a few runs each."""
-    torch_time, fp32_time = _seconds(torch_run), _seconds(fp32_run)  # warm-up: also primes oneDNN
+    """(seconds with torch's kernels, seconds with fp32 products), the fastest of a few runs each.
+
+    Stops early when one way is clearly slower (CLEAR_WIN), so a slow way costs about one run.
+    """
+    _seconds(fp32_run)  # warm-up: primes oneDNN and the allocator
+    fp32_time = _seconds(fp32_run)
+    torch_time = _seconds(torch_run)  # its warm-up: an upper bound of its time
+    if torch_time > CLEAR_WIN * fp32_time:
+        return torch_time, fp32_time
+    torch_time = min(torch_time, _seconds(torch_run))
     if max(torch_time, fp32_time) > CLEAR_WIN * min(torch_time, fp32_time):
-        torch_time, fp32_time = _seconds(torch_run), _seconds(fp32_run)
-        if max(torch_time, fp32_time) > CLEAR_WIN * min(torch_time, fp32_time):
-            return torch_time, fp32_time  # a clear winner: no more time spent
+        return torch_time, fp32_time  # a clear winner: no more time spent
     for _ in range(MEASURE_REPEATS):
         torch_time = min(torch_time, _seconds(torch_run))
         fp32_time = min(fp32_time, _seconds(fp32_run))
