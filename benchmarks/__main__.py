@@ -21,6 +21,11 @@ Run from the repository root:
     python -m benchmarks --quick              # fewer passes and captions, about 5 minutes
     python -m benchmarks --rows encode --models ViT-B/32 --modes fp32
     python -m benchmarks --write-results      # also writes benchmarks/RESULTS.md
+    python -m benchmarks --rows peers         # only the peers table (open_clip, transformers)
+
+The peers group (benchmarks/bench_peers.py) prints a second table: ours beside open_clip and
+transformers' CLIPModel on the same weights, each in processes of its own; a peer whose package is
+not installed is skipped and named.
 
 --oracle (or $CLIP_ORACLE_PATH) names the original's folder; default /work/oracle.
 """
@@ -37,7 +42,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from benchmarks import _common, bench_encode
 
-GROUPS = ("tokenizer", "load", "preprocess", "embed", "roofline", "encode", "train")
+GROUPS = ("tokenizer", "load", "preprocess", "embed", "roofline", "encode", "train", "peers")
 RESULTS_FILE = Path(__file__).resolve().parent / "RESULTS.md"
 COLUMNS = (
     "Row",
@@ -403,8 +408,9 @@ def header_lines(machine: Dict[str, Any], options: Dict[str, Any], seconds: floa
             + (
                 ""
                 if supported
-                else " — torch's bf16 kernels here are generic ones, far below fp32; clip computes bf16 "
-                "products in fp32 instead (rows: bf16 vs bf16 on torch's kernels)"
+                else " — torch's bf16 kernels here are generic ones, far below fp32; clip measures both "
+                "ways and computes bf16 products in fp32 where that is faster (rows: bf16 vs bf16 on torch's "
+                "kernels)"
             )
         )
     return lines
@@ -435,9 +441,10 @@ def notes(options: Dict[str, Any]) -> List[str]:
         )
         if not encode["info"]["mkldnn_bf16_supported"]:
             out.append(
-                "This CPU has no bf16 units, so clip computes bf16 matrix products in fp32 and rounds "
-                "them to bf16 (clip/_bf16.py); the bf16-on-torch's-kernels rows show what torch's generic "
-                "bf16 kernels do instead. The bf16 roofline is the faster of the two ways."
+                "This CPU has no bf16 units: clip times torch's bf16 kernels against fp32 products "
+                "rounded to bf16 once per shape class and uses the faster (clip/_bf16.py); the "
+                "bf16-on-torch's-kernels rows show what torch's generic bf16 kernels do alone. The bf16 "
+                "roofline is the faster of the two ways."
             )
         slow = "batch 1 (best of 2 passes)"
         if options["low_precision_batch"]:
@@ -456,6 +463,22 @@ def notes(options: Dict[str, Any]) -> List[str]:
                 f"{goals['bf16_speedup_batch']}."
             )
     return out
+
+
+def peers_table(options: Dict[str, Any], args: argparse.Namespace) -> str:
+    """Run bench_peers with the suite's settings; its markdown table (the figures go to the JSON)."""
+    from benchmarks import bench_peers
+
+    result = bench_peers.run(
+        batches=args.batches,
+        rounds=1 if options["quick"] else bench_peers.DEFAULT_ROUNDS,
+        passes=options["repeats"],
+        load_repeats=1 if options["quick"] else bench_peers.DEFAULT_LOAD_REPEATS,
+        captions=bench_peers.QUICK_CAPTIONS if options["quick"] else bench_peers.DEFAULT_CAPTIONS,
+        threads=options["threads"],
+    )
+    options["raw"]["peers"] = result
+    return bench_peers.markdown(result)
 
 
 def write_results(text: str) -> None:
@@ -519,19 +542,25 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     }
     rows: List[Row] = []
     for group in GROUPS:
-        if group not in args.rows or group in ("roofline", "encode"):
+        if group not in args.rows or group in ("roofline", "encode", "peers"):
             continue
         print(f"[{time.perf_counter() - start:5.0f} s] {group} ...", file=sys.stderr, flush=True)
         rows += groups[group]()
     if "encode" in args.rows or "roofline" in args.rows:
         print(f"[{time.perf_counter() - start:5.0f} s] roofline/encode ...", file=sys.stderr, flush=True)
         rows += encode_rows(options, args.models if "encode" in args.rows else ())
+    peers = ""
+    if "peers" in args.rows:
+        print(f"[{time.perf_counter() - start:5.0f} s] peers ...", file=sys.stderr, flush=True)
+        peers = peers_table(options, args)
     seconds = time.perf_counter() - start
 
     command = "python -m benchmarks" + "".join(f" {shlex.quote(a)}" for a in (argv or sys.argv[1:]))
     header = header_lines(machine, options, seconds)
     table = markdown_table(rows)
     print("\n".join(header) + "\n\n" + table + "\n\n" + "\n".join(f"- {n}" for n in notes(options)))
+    if peers:
+        print("\n## Peers\n\n" + peers)
     if args.json:
         Path(args.json).write_text(
             json.dumps({"machine": machine, "options": options, "rows": rows}, indent=1, default=str),
@@ -552,6 +581,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                 "",
                 *(f"- {n}" for n in notes(options)),
                 "",
+                *(["## Peers", "", peers, ""] if peers else []),
             ]
         )
         write_results(text)

@@ -12,6 +12,7 @@ check_installed()  # one clear ImportError on a too-old torch, before anything f
 
 from . import features, loss, model, zeroshot  # noqa: E402
 from ._preprocess import preprocess_batch  # noqa: E402
+from ._quantize import quantize  # noqa: E402
 from .clip import available_models, load, tokenize  # noqa: E402
 
 __all__ = [
@@ -23,5 +24,6 @@ __all__ = [
     "zeroshot",
     "features",
     "loss",
+    "quantize",
 ]
 __version__ = "1.0.0"

@@ -18,6 +18,7 @@ from ._download import _download, default_cache_dir  # noqa: F401 - the original
 from ._hub import HubFile
 from ._jit import load_jit
 from ._preprocess import BICUBIC, _convert_image_to_rgb, _transform  # noqa: F401 - the original's names
+from ._quantize import check_quantize_request, quantize_
 from ._sources import fetch_weights
 from ._tokenize import get_tokenizer, set_tokenizer, tokenize
 from .model import build_model
@@ -77,6 +78,7 @@ def load(
     download_root: Union[str, None] = None,
     *,
     dtype: Optional[torch.dtype] = None,
+    quantize: Optional[str] = None,
 ) -> Tuple[torch.nn.Module, Callable[[Any], torch.Tensor]]:
     """Load a CLIP model and the image transform that goes with it.
 
@@ -98,6 +100,9 @@ def load(
             weights pass through the release's fp16 rounding as in the original; with it, the
             file's values are cast directly, so `dtype=torch.float32` loads an fp32 checkpoint
             (e.g. from `clip train`) exactly.
+        quantize: (keyword-only) "int8" for int8 inference on the CPU: every linear product of both
+            towers with int8 weights and dynamically quantised activations (see `clip.quantize`).
+            Default None. Only with jit=False, device "cpu" and dtype None or torch.float32.
 
     Returns:
         (model, preprocess): the model in eval mode on `device`, and the torchvision transform
@@ -106,7 +111,7 @@ def load(
     Raises:
         RuntimeError: the name is neither a released model nor an existing file ("Model ... not
             found; available models = [...]"), or the device is not available.
-        ValueError: a malformed device string or an unsupported dtype.
+        ValueError: a malformed device string, an unsupported dtype or quantize value.
         TypeError: `name`, `jit` or `download_root` of the wrong type.
         CheckpointError: (a RuntimeError and ValueError) the file is not a usable CLIP checkpoint;
             the message says why and what to do. UnsafeCheckpointError if it asks to run code.
@@ -125,6 +130,7 @@ def load(
         )
     target = _resolve_device(device)
     cast = _resolve_dtype(dtype, jit)
+    check_quantize_request(quantize, jit, target, cast)
     model_path = _resolve_path(name, download_root)
 
     if jit:
@@ -156,6 +162,8 @@ def load(
     if cast is None and target.type == "cpu":
         cast = torch.float32  # fp16 matmuls are slow or missing on CPUs: the original's model.float()
     materialize_(model, target, None if cast is None else _floating_to(cast))
+    if quantize is not None:
+        quantize_(model)
     return model, _transform(model.visual.input_resolution)
 
 

@@ -1,10 +1,14 @@
-"""bf16 on CPUs without bf16 units (clip/_bf16.py): fp32 products, bf16 results, torch's semantics.
+"""bf16 on the CPU (clip/_bf16.py): torch's bf16 kernels or fp32 products, chosen by measurement.
 
-Each test sets whether the CPU "has" native bf16 by patching `native_bf16_supported`, so both
-branches run on any machine. The reference is torch's own bf16 kernels (`CLIP_CPU_BF16_KERNELS=torch`).
+Tests of the fp32 products force them (`CLIP_CPU_BF16_KERNELS=fp32`), so they run that way on any
+CPU; the measurement's choice is steered by patching its timer (`_measure`), so both branches run on
+any machine. The reference is torch's own bf16 kernels (`CLIP_CPU_BF16_KERNELS=torch`).
 """
 
-from typing import Any, Dict, Iterator, List
+import threading
+import time
+import warnings
+from typing import Any, Callable, Dict, Iterator, List, Tuple
 
 import _model_factory as factory
 import pytest
@@ -18,12 +22,29 @@ MIN_COSINE_TO_TORCH_BF16 = 0.9999  # the same arithmetic, summed in another orde
 MIN_COSINE_TO_FP32 = 0.999  # issue 6's bar for bf16 features
 
 
-@pytest.fixture
-def slow_bf16_cpu(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Pretend this CPU has no bf16 units (the fallback's case), whatever it really has."""
-    monkeypatch.setattr(bf16, "native_bf16_supported", lambda: False)
-    monkeypatch.delenv(bf16.ENV_VAR, raising=False)
+@pytest.fixture(autouse=True)
+def fresh_decisions() -> Iterator[None]:
+    """Each test starts and ends with no measured decision (a patched timer's must not leak)."""
+    bf16.clear_decisions()
     yield
+    bf16.clear_decisions()
+
+
+@pytest.fixture
+def fp32_products(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Force the fp32 products (the choice on CPUs whose bf16 kernels are slow), whatever this CPU has."""
+    monkeypatch.setenv(bf16.ENV_VAR, bf16.FP32_PRODUCTS)
+    yield
+
+
+def _fake_timer(winner: str, calls: List[int]) -> Callable[..., Tuple[float, float]]:
+    """A stand-in for `_measure` that reports `winner` ("torch" or "fp32") as the faster way."""
+
+    def measure(torch_run: Callable[[], Any], fp32_run: Callable[[], Any]) -> Tuple[float, float]:
+        calls.append(1)
+        return (1.0, 2.0) if winner == bf16.TORCH_KERNELS else (2.0, 1.0)
+
+    return measure
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +80,7 @@ def _min_cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return F.cosine_similarity(a.float(), b.float(), dim=-1).min().item()
 
 
-def test_context_is_active_only_where_it_helps(slow_bf16_cpu: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_context_is_active_only_where_it_helps(fp32_products: None, monkeypatch: pytest.MonkeyPatch) -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert isinstance(bf16.bf16_compute(cpu, torch.bfloat16), bf16._Float32Products)
     assert not isinstance(bf16.bf16_compute(cpu, torch.float32), bf16._Float32Products)
@@ -72,8 +93,9 @@ def test_context_is_active_only_where_it_helps(slow_bf16_cpu: None, monkeypatch:
     monkeypatch.setenv(bf16.ENV_VAR, "torch")
     assert not isinstance(bf16.bf16_compute(cpu, torch.bfloat16), bf16._Float32Products)
     monkeypatch.delenv(bf16.ENV_VAR)
+    # The oneDNN flag no longer decides: a CPU that reports bf16 support is measured too.
     monkeypatch.setattr(bf16, "native_bf16_supported", lambda: True)
-    assert not isinstance(bf16.bf16_compute(cpu, torch.bfloat16), bf16._Float32Products)
+    assert isinstance(bf16.bf16_compute(cpu, torch.bfloat16), bf16._Float32Products)
 
 
 def test_native_support_query_answers_a_bool() -> None:
@@ -86,7 +108,7 @@ def test_bf16_model_matches_torch_bf16_kernels(
     config: str,
     tower: str,
     models: Dict[str, Dict[str, torch.nn.Module]],
-    slow_bf16_cpu: None,
+    fp32_products: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     model, reference = models[config]["bf16"], models[config]["fp32"]
@@ -106,7 +128,7 @@ def test_autocast_matches_torch_autocast(
     config: str,
     tower: str,
     models: Dict[str, Dict[str, torch.nn.Module]],
-    slow_bf16_cpu: None,
+    fp32_products: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     model = models[config]["fp32"]
@@ -120,7 +142,7 @@ def test_autocast_matches_torch_autocast(
     assert _min_cosine(ours, _encode(model, tower, x)) >= MIN_COSINE_TO_FP32
 
 
-def test_products_are_rounded_like_torch_bf16(slow_bf16_cpu: None) -> None:
+def test_products_are_rounded_like_torch_bf16(fp32_products: None) -> None:
     generator = torch.Generator().manual_seed(0)
     a = torch.randn(64, 256, generator=generator).bfloat16()
     w = torch.randn(128, 256, generator=generator).bfloat16()
@@ -134,14 +156,14 @@ def test_products_are_rounded_like_torch_bf16(slow_bf16_cpu: None) -> None:
     torch.testing.assert_close(product, ours, rtol=0, atol=0)
 
 
-def test_mixed_dtypes_still_raise_outside_autocast(slow_bf16_cpu: None) -> None:
+def test_mixed_dtypes_still_raise_outside_autocast(fp32_products: None) -> None:
     a, w = torch.ones(2, 4, dtype=torch.bfloat16), torch.ones(3, 4)
     with bf16.bf16_compute(torch.device("cpu"), torch.bfloat16), pytest.raises(RuntimeError):
         F.linear(a, w)  # torch's own error: the fallback does not paper over a dtype mismatch
 
 
 def test_gradients_flow_through_the_fallback(
-    models: Dict[str, Dict[str, torch.nn.Module]], slow_bf16_cpu: None
+    models: Dict[str, Dict[str, torch.nn.Module]], fp32_products: None
 ) -> None:
     model = build_model(factory.make_state_dict("tiny-vit", 0)).float().to(torch.bfloat16)
     images = factory.make_images(model.visual.input_resolution, seed=1, batch=2).bfloat16()
@@ -156,7 +178,7 @@ def test_gradients_flow_through_the_fallback(
 
 
 def test_hooks_fire_and_modules_stay_plain(
-    models: Dict[str, Dict[str, torch.nn.Module]], slow_bf16_cpu: None
+    models: Dict[str, Dict[str, torch.nn.Module]], fp32_products: None
 ) -> None:
     model = models["tiny-vit"]["bf16"]
     c_fc = model.visual.transformer.resblocks[0].mlp.c_fc
@@ -171,7 +193,7 @@ def test_hooks_fire_and_modules_stay_plain(
 
 
 def test_trace_and_compile_see_the_same_numbers(
-    models: Dict[str, Dict[str, torch.nn.Module]], slow_bf16_cpu: None
+    models: Dict[str, Dict[str, torch.nn.Module]], fp32_products: None
 ) -> None:
     model = models["tiny-vit"]["bf16"]
     images = _inputs(model)["image"].bfloat16()
@@ -187,7 +209,7 @@ def test_trace_and_compile_see_the_same_numbers(
 def test_encoders_route_their_products_through_the_fallback(
     tower: str,
     models: Dict[str, Dict[str, torch.nn.Module]],
-    slow_bf16_cpu: None,
+    fp32_products: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     widened: List[str] = []
@@ -205,3 +227,150 @@ def test_encoders_route_their_products_through_the_fallback(
     assert "linear" in widened and "scaled_dot_product_attention" in widened
     if tower == "image":
         assert "conv2d" in widened
+
+
+def _linear_operands(rows: int, k: int = 64, n: int = 32) -> Tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(rows)
+    a = torch.randint(-8, 8, (rows, k), generator=generator).bfloat16() / 8
+    w = torch.randint(-8, 8, (n, k), generator=generator).bfloat16() / 8
+    return a, w
+
+
+def _linear_in_context(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    with bf16.bf16_compute(torch.device("cpu"), torch.bfloat16):
+        return F.linear(a, w)
+
+
+@pytest.mark.parametrize("choice", [bf16.TORCH_KERNELS, bf16.FP32_PRODUCTS])
+def test_env_var_forces_each_way_without_measuring(choice: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_timing(*args: Any) -> Tuple[float, float]:
+        raise AssertionError("a forced choice must not be measured")
+
+    monkeypatch.setattr(bf16, "_measure", no_timing)
+    monkeypatch.setenv(bf16.ENV_VAR, choice)
+    a, w = _linear_operands(8)
+    ours = _linear_in_context(a, w)
+    expected = F.linear(a, w) if choice == bf16.TORCH_KERNELS else F.linear(a.float(), w.float()).bfloat16()
+    torch.testing.assert_close(ours, expected, rtol=0, atol=0)  # the same kernels, the same bits
+    assert bf16.decisions() == {}
+
+
+def test_an_unknown_env_value_warns_and_measures(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: List[int] = []
+    monkeypatch.setattr(bf16, "_measure", _fake_timer(bf16.TORCH_KERNELS, calls))
+    monkeypatch.setenv(bf16.ENV_VAR, "fastest")
+    with pytest.warns(UserWarning, match=bf16.ENV_VAR):
+        _linear_in_context(*_linear_operands(8))
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("winner", [bf16.TORCH_KERNELS, bf16.FP32_PRODUCTS])
+def test_the_measured_winner_is_used_and_cached_per_shape_class(
+    winner: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(bf16.ENV_VAR, raising=False)
+    calls: List[int] = []
+    monkeypatch.setattr(bf16, "_measure", _fake_timer(winner, calls))
+    for rows in (5, 6, 8, 5):  # one class: 5..8 rows share the power-of-two bucket 8
+        a, w = _linear_operands(rows)
+        ours = _linear_in_context(a, w)
+        if winner == bf16.TORCH_KERNELS:
+            expected = F.linear(a, w)
+        else:
+            expected = F.linear(a.float(), w.float()).bfloat16()
+        torch.testing.assert_close(ours, expected, rtol=0, atol=0)
+    assert len(calls) == 1
+    _linear_in_context(*_linear_operands(9))  # the next bucket: a new class
+    _linear_in_context(*_linear_operands(8, k=32))  # another width: a new class
+    assert len(calls) == 3
+    assert set(bf16.decisions().values()) == {winner}
+    bf16.clear_decisions()
+    _linear_in_context(*_linear_operands(8))
+    assert len(calls) == 4
+
+
+def test_large_batches_share_the_measured_class(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(bf16.ENV_VAR, raising=False)
+    calls: List[int] = []
+    monkeypatch.setattr(bf16, "_measure", _fake_timer(bf16.FP32_PRODUCTS, calls))
+    for rows in (bf16.MEASURE_GEMM_ROWS + 1, 10 * bf16.MEASURE_GEMM_ROWS):
+        _linear_in_context(*_linear_operands(rows))
+    assert len(calls) == 1
+
+
+def test_one_thread_measures_a_class_the_others_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(bf16.ENV_VAR, raising=False)
+    calls: List[int] = []
+    fake = _fake_timer(bf16.FP32_PRODUCTS, calls)
+
+    def slow_measure(torch_run: Callable[[], Any], fp32_run: Callable[[], Any]) -> Tuple[float, float]:
+        time.sleep(0.05)  # long enough for the other threads to arrive while it measures
+        return fake(torch_run, fp32_run)
+
+    monkeypatch.setattr(bf16, "_measure", slow_measure)
+    a, w = _linear_operands(8)
+    expected = F.linear(a.float(), w.float()).bfloat16()
+    results: List[torch.Tensor] = []
+    threads = [threading.Thread(target=lambda: results.append(_linear_in_context(a, w))) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1 and len(results) == 4
+    for result in results:
+        torch.testing.assert_close(result, expected, rtol=0, atol=0)
+
+
+def test_the_real_measurement_decides_and_is_cheap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(bf16.ENV_VAR, raising=False)
+    a, w = _linear_operands(4 * bf16.MEASURE_GEMM_ROWS, k=768, n=768)
+    ours = _linear_in_context(a, w)
+    # whichever way won, fp32 accumulation and one rounding: within half a bf16 ulp of exact
+    torch.testing.assert_close(ours.double(), F.linear(a.double(), w.double()), rtol=2**-8, atol=1e-6)
+    assert list(bf16.decisions().values()) in ([bf16.TORCH_KERNELS], [bf16.FP32_PRODUCTS])
+
+
+@pytest.mark.parametrize("winner", [bf16.TORCH_KERNELS, bf16.FP32_PRODUCTS])
+@pytest.mark.parametrize("config", ["tiny-vit", "tiny-rn"])
+def test_measured_model_matches_the_forced_way_and_fp32(
+    winner: str,
+    config: str,
+    models: Dict[str, Dict[str, torch.nn.Module]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model, reference = models[config]["bf16"], models[config]["fp32"]
+    images = _inputs(model)["image"]
+    monkeypatch.delenv(bf16.ENV_VAR, raising=False)
+    calls: List[int] = []
+    monkeypatch.setattr(bf16, "_measure", _fake_timer(winner, calls))
+    measured = _encode(model, "image", images.bfloat16())
+    assert calls and set(bf16.decisions().values()) == {winner}
+    kinds = {key[0] for key in bf16.decisions()}
+    assert {"gemm", "conv2d", "attention"} <= kinds
+    monkeypatch.setenv(bf16.ENV_VAR, winner)
+    torch.testing.assert_close(measured, _encode(model, "image", images.bfloat16()), rtol=0, atol=0)
+    assert _min_cosine(measured, _encode(reference, "image", images)) >= MIN_COSINE_TO_FP32
+
+
+@pytest.mark.slow  # torch.compile's first call: ~10 s on 2 busy cores
+def test_tracing_and_compiling_never_measure(
+    models: Dict[str, Dict[str, torch.nn.Module]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_timing(*args: Any) -> Tuple[float, float]:
+        raise AssertionError("measured while tracing")
+
+    monkeypatch.delenv(bf16.ENV_VAR, raising=False)
+    monkeypatch.setattr(bf16, "_measure", no_timing)
+    model = models["tiny-vit"]["bf16"]
+    text = _inputs(model)["text"]
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace_module(model, {"encode_text": text}, check_trace=False).encode_text
+        compiled = torch.compile(model.encode_text, backend="eager")
+        out = compiled(text)
+    assert bf16.decisions() == {}
+    # unmeasured classes follow the oneDNN flag while tracing: the same numbers as forcing that way
+    monkeypatch.setenv(bf16.ENV_VAR, bf16.FP32_PRODUCTS if not bf16.native_bf16_supported() else "torch")
+    eager = _encode(model, "text", text)
+    torch.testing.assert_close(out, eager, rtol=0, atol=0)
+    torch.testing.assert_close(traced(text), eager, rtol=0, atol=0)
