@@ -12,7 +12,7 @@ side in processes of its own (both packages are named `clip`); ratios are ours /
 
 The original is `clip-anytorch` in a folder of its own (see benchmarks/_common.py):
 
-    pip install --no-deps --target /work/oracle clip-anytorch
+    pip install --no-deps --target .oracle clip-anytorch
     pip install "setuptools<81"     # or let the suite put a pkg_resources stand-in on its path
 
 Run from the repository root:
@@ -27,7 +27,7 @@ The peers group (benchmarks/bench_peers.py) prints a second table: ours beside o
 transformers' CLIPModel on the same weights, each in processes of its own; a peer whose package is
 not installed is skipped and named.
 
---oracle (or $CLIP_ORACLE_PATH) names the original's folder; default /work/oracle.
+--oracle (or $CLIP_ORACLE_PATH) names the original's folder; default .oracle in the repository.
 """
 
 import argparse

@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import Any, Dict, Optional, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_ORACLE = "/work/oracle"
+DEFAULT_ORACLE = str(REPO / ".oracle")  # git-ignored; the golden scripts use the same folder
 ORACLE_ENV_VAR = "CLIP_ORACLE_PATH"
 INSTALL_COMMAND = 'pip install --no-deps --target {oracle} clip-anytorch && pip install "setuptools<81"'
 
@@ -36,7 +36,8 @@ except ImportError:  # torch vendors a copy
 
 
 def resolve_oracle(oracle: Optional[str] = None) -> str:
-    """The folder holding the original `clip`: `oracle`, else $CLIP_ORACLE_PATH, else /work/oracle.
+    """The folder holding the original `clip`: `oracle`, else $CLIP_ORACLE_PATH, else .oracle
+    in the repository.
 
     Raises FileNotFoundError, with the install command, when the folder holds no original package.
     """

@@ -23,14 +23,14 @@ repository first. The original is `clip-anytorch` (the release's code, lightly p
 in a folder of its own; its `pkg_resources` import needs setuptools < 81 (its `load` fails on plain
 state-dict files, but reads TorchScript archives like this one):
 
-    pip install --no-deps --target /work/oracle clip-anytorch "setuptools<81"
+    pip install --no-deps --target .oracle clip-anytorch "setuptools<81"
 
 Run (from the repository root, with our package installed):
 
     python -m benchmarks.bench_load [--oracle DIR] [--workdir DIR] [--repeats 3]
 
 The oracle folder comes from `--oracle`, else the CLIP_ORACLE_PATH environment variable, else
-/work/oracle. `run(...)` returns the figures as a dict, for a suite runner.
+.oracle in the repository. `run(...)` returns the figures as a dict, for a suite runner.
 """
 
 import argparse

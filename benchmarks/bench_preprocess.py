@@ -18,14 +18,14 @@ The original is `clip-anytorch` (the release's code, lightly patched), installed
 own so that it does not replace ours; its `pkg_resources` import needs setuptools < 81:
 
     pip install "setuptools<81"
-    pip install --no-deps --target /work/oracle clip-anytorch
+    pip install --no-deps --target .oracle clip-anytorch
 
 Run (from the repository root, with our package installed):
 
     python -m benchmarks.bench_preprocess [--oracle DIR] [--count 64] [--threads 2] [--repeats 3]
 
 The oracle folder comes from `--oracle`, else the CLIP_ORACLE_PATH environment variable, else
-/work/oracle. `run(...)` returns the figures as a dict, for a suite runner.
+.oracle in the repository. `run(...)` returns the figures as a dict, for a suite runner.
 """
 
 import argparse

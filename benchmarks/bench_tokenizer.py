@@ -27,7 +27,7 @@ oracle folder on PYTHONPATH and its working directory outside the repository, ou
 repository first. The original is `clip-anytorch` (the release's code, lightly patched), installed
 in a folder of its own; its `pkg_resources` import needs setuptools < 81:
 
-    pip install --no-deps --target /work/oracle clip-anytorch "setuptools<81"
+    pip install --no-deps --target .oracle clip-anytorch "setuptools<81"
 
 Run (from the repository root, with our package installed):
 
@@ -35,7 +35,8 @@ Run (from the repository root, with our package installed):
     python -m benchmarks.bench_tokenizer --workload sustained [--count 1000000] [--original-count N]
 
 The oracle folder comes from `--oracle`, else the CLIP_ORACLE_PATH environment variable, else
-/work/oracle. `run(...)` and `run_sustained(...)` return the figures as a dict, for a suite runner.
+.oracle in the repository. `run(...)` and `run_sustained(...)` return the figures as a dict, for a
+suite runner.
 """
 
 import argparse

@@ -22,8 +22,8 @@ torch.compile (ours compiled against the original as it runs out of the box); fp
 the tests' fp16 tolerance of the CPU fp32 features (tests/_cuda_checks.py: FP16_FEATURE_REL_ERR).
 
 The original (``clip-anytorch``) is looked for in `--oracle`, else ``$CLIP_ORACLE_PATH``, else
-``.oracle`` in the repository (git-ignored; the tests' golden scripts use it too), else
-/work/oracle. A GPU machine that cannot reach a package registry gets it from a folder prepared
+``.oracle`` in the repository (git-ignored; the tests' golden scripts use it too). A GPU machine
+that cannot reach a package registry gets it from a folder prepared
 where pip works and carried along with the working tree, together with the two pure-Python
 packages both sides' tokenizers need::
 

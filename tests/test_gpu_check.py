@@ -16,7 +16,7 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_ORACLE = "/work/oracle"  # the benchmarks' documented default; $CLIP_ORACLE_PATH overrides
+DEFAULT_ORACLE = str(REPO / ".oracle")  # the benchmarks' documented default; $CLIP_ORACLE_PATH overrides
 ORACLE = os.environ.get("CLIP_ORACLE_PATH") or DEFAULT_ORACLE
 HAS_ORACLE = (Path(ORACLE) / "clip" / "clip.py").is_file()
 DRY_RUN_BUDGET_S = 900  # generous: a loaded 2-core machine imports torch slowly in each process

@@ -4,7 +4,7 @@
 Run from the repository root with our virtual environment (the oracle runs in a subprocess of its
 own, with only the oracle folder on its path and its working directory outside the repository):
 
-    .venv/bin/python tests/data/make_zeroshot_golden.py [--oracle /work/oracle]
+    .venv/bin/python tests/data/make_zeroshot_golden.py [--oracle DIR]   # else $CLIP_ORACLE_PATH, .oracle
 
 For the tiny ViT and ResNet release-layout archives of tests/_checkpoints.py (seed 0), loaded with
 `clip.load(path, device="cpu", jit=False)`, the oracle computes
@@ -16,9 +16,7 @@ For the tiny ViT and ResNet release-layout archives of tests/_checkpoints.py (se
   tests/_zeroshot_inputs.py (normalised image features, ``100. * image_features @ classifier``).
 """
 
-import argparse
 import json
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -74,13 +72,12 @@ def _round(value):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--oracle", default=os.environ.get("CLIP_ORACLE_PATH", "/work/oracle"))
-    args = parser.parse_args()
     sys.path.insert(0, str(TESTS))
     from _checkpoints import TINY_DIMS, release_archive, tiny_state_dict
-    from _golden import digest, run_oracle_script
+    from _golden import digest, oracle_argument, resolve_oracle, run_oracle_script
     from _zeroshot_inputs import CLASSES, TEMPLATES, pixel_batch
+
+    oracle = resolve_oracle(oracle_argument(__doc__))
 
     with tempfile.TemporaryDirectory() as scratch:
         images = {}
@@ -95,7 +92,7 @@ def main() -> None:
         }
         job_path, out_path = Path(scratch) / "job.json", Path(scratch) / "out.json"
         job_path.write_text(json.dumps(job), encoding="utf-8")
-        run_oracle_script(_ORACLE_SCRIPT, [str(job_path), str(out_path)], scratch, args.oracle)
+        run_oracle_script(_ORACLE_SCRIPT, [str(job_path), str(out_path)], scratch, oracle)
         results = json.loads(out_path.read_text(encoding="utf-8"))
 
     golden = {
