@@ -6,13 +6,10 @@ set's own, or --templates FILE); each image gets the softmax of `clip.zeroshot.p
 """
 
 import argparse
-import sys
 from pathlib import Path
 from typing import List, Tuple
 
 EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
 DEFAULT_K = 5
 DEFAULT_MODEL = "ViT-B/32"
 PERCENT = 100.0
@@ -53,22 +50,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: List[str]) -> int:
     """Run `clip classify` with `argv`; return the exit status."""
-    from . import __main__ as cli
-    from ._cli_model import ModelLoadError
-    from ._collection import CollectionError
+    from ._cli_model import run_subcommand
 
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    try:
-        return _run(args)
-    except (CollectionError, cli._UsageError) as exc:
-        print(f"clip classify: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except ModelLoadError as exc:
-        print(f"clip classify: error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    return run_subcommand("classify", _parser(), _run, argv)
 
 
 def _lines(path: str, what: str) -> List[str]:

@@ -17,8 +17,6 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # the shell's status for Ctrl-C
 DEFAULT_MODEL = "ViT-B/32"
 DEFAULT_BATCH_SIZE = 256
@@ -80,23 +78,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: List[str]) -> int:
     """Run `clip embed` with `argv`; return the exit status."""
-    from . import __main__ as cli
-    from ._cli_model import ModelLoadError
-    from ._collection import CollectionError
+    from ._cli_model import run_subcommand
 
-    parser = _parser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    try:
-        return _run(args)
-    except (CollectionError, cli._UsageError) as exc:
-        print(f"clip embed: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except ModelLoadError as exc:
-        print(f"clip embed: error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return run_subcommand("embed", _parser(), _run, argv)
     except KeyboardInterrupt:
         print(
             "\nclip embed: interrupted; finished shards are kept: rerun the same command to resume",

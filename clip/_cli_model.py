@@ -2,13 +2,39 @@
 
 import argparse
 import os
-from typing import Any, Callable, Optional, Tuple
+import sys
+from typing import Any, Callable, List, Optional, Tuple
 
-__all__ = ["ModelLoadError", "add_model_arguments", "load_model"]
+__all__ = ["ModelLoadError", "add_model_arguments", "load_model", "run_subcommand"]
+
+EXIT_FAILURE = 1  # the model could not be loaded or run
+EXIT_USAGE = 2  # bad arguments or input the user can fix
 
 
 class ModelLoadError(Exception):
     """The model could not be loaded or run (exit status 1)."""
+
+
+def run_subcommand(
+    name: str, parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], int], argv: List[str]
+) -> int:
+    """Parse `argv` and `run` it; errors the user can fix exit with EXIT_USAGE, a model that cannot be
+    loaded or run with EXIT_FAILURE, each with one ``clip NAME: error: ...`` line on stderr."""
+    from . import __main__ as cli
+    from ._collection import CollectionError
+
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or argparse's own usage errors (already printed)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        return run(args)
+    except (CollectionError, cli._UsageError) as exc:
+        print(f"clip {name}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ModelLoadError as exc:
+        print(f"clip {name}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, default_model: Optional[str]) -> None:

@@ -5,13 +5,10 @@ with the model recorded in OUT's manifest (unless --model names another checkpoi
 """
 
 import argparse
-import sys
 from pathlib import Path
 from typing import List
 
 EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
 DEFAULT_K = 10
 
 
@@ -35,22 +32,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: List[str]) -> int:
     """Run `clip search` with `argv`; return the exit status."""
-    from . import __main__ as cli
-    from ._cli_model import ModelLoadError
-    from ._collection import CollectionError
+    from ._cli_model import run_subcommand
 
-    try:
-        args = _parser().parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-    try:
-        return _run(args)
-    except (CollectionError, cli._UsageError) as exc:
-        print(f"clip search: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except ModelLoadError as exc:
-        print(f"clip search: error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+    return run_subcommand("search", _parser(), _run, argv)
 
 
 def _run(args: argparse.Namespace) -> int:
