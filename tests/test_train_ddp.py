@@ -12,19 +12,8 @@ from clip.train import TrainConfig, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import shapes_dataset  # noqa: E402
+from test_train import TINY_CONFIG  # noqa: E402  (the same tiny CLIP as the one-process tests)
 
-TINY_CONFIG = {
-    "embed_dim": 32,
-    "image_resolution": 32,
-    "vision_layers": 1,
-    "vision_width": 64,
-    "vision_patch_size": 8,
-    "context_length": 16,
-    "vocab_size": 49408,
-    "transformer_width": 64,
-    "transformer_heads": 1,
-    "transformer_layers": 1,
-}
 WORLD, PER_RANK_BATCH, EPOCHS = 2, 8, 2
 # Ranks sum gradients in another order than one process (fp32 rounding, ~1e-7 relative); AdamW
 # divides by sqrt(v), so a near-zero gradient's rounding can move a weight by up to ~lr per step.
