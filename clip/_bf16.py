@@ -280,13 +280,21 @@ def _measure(torch_run: Callable[[], Any], fp32_run: Callable[[], Any]) -> Tuple
     return torch_time, fp32_time
 
 
+def _fake_operands(args: Sequence[Any]) -> bool:
+    """Whether the operands are fake tensors: torch.compile / torch.export propagating shapes. torch
+    before 2.6 runs this mode's code then without `torch.compiler.is_compiling()` being True."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    return any(isinstance(arg, FakeTensor) for arg in args)
+
+
 def _use_fp32(func: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, Any]) -> bool:
     """Whether this product's class runs faster as fp32 products (measured once, then cached)."""
     key = _shape_class(func, args, kwargs)
     decided = _decisions.get(key)
     if decided is not None:
         return decided
-    if _tracing():  # no timing inside a traced or compiled graph: the flag's answer, not cached
+    if _tracing() or _fake_operands(args):  # no timing in a traced or compiled graph: not cached
         return not native_bf16_supported()
     with _decisions_lock:  # one thread measures a class; the others wait for its answer
         decided = _decisions.get(key)

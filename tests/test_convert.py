@@ -7,6 +7,7 @@ from typing import Tuple
 import pytest
 import torch
 from _checkpoints import example_inputs, release_archive, save_state_dict
+from _peers import import_transformers
 
 import clip
 import clip.clip as clip_module
@@ -96,9 +97,7 @@ def test_convert_a_released_name_found_on_disk(
 def test_hf_export_loads_in_transformers_with_the_same_logits(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    transformers = pytest.importorskip(
-        "transformers", reason="transformers is a test extra (the oracle here)"
-    )
+    transformers = import_transformers()
     dst = tmp_path / "hf-model"
     code, out, err = _convert(capsys, str(release_archive("vit")), str(dst), "--to", "hf")
     assert code == 0, err

@@ -16,6 +16,7 @@ from typing import Any, Dict, Tuple
 import pytest
 import torch
 from _checkpoints import TINY_DIMS, example_inputs
+from _peers import import_transformers
 
 import clip
 
@@ -66,9 +67,7 @@ def _hf_config(transformers: Any) -> Any:
 
 @pytest.mark.parametrize("layout", ["directory", "model.safetensors", "pytorch_model.bin"])
 def test_transformers_clip_model(tmp_path: Path, layout: str) -> None:
-    transformers = pytest.importorskip(
-        "transformers", reason="transformers is a test extra (the oracle here)"
-    )
+    transformers = import_transformers()
     torch.manual_seed(0)
     hf = transformers.CLIPModel(_hf_config(transformers)).eval()
     _round_to_fp16_values(hf)
