@@ -29,18 +29,6 @@ VIT_SEED, RN_SEED = 21, 22
 IMAGE_SEED_OFFSET = 1000
 CAPTIONS = ["a diagram", "a dog", "a cat"]
 LONG_CAPTION = "a person walks forward, turns around slowly and then sits down on a small wooden chair"
-ViT_B_32_DIMS = dict(  # the released ViT-B/32 (FACTS.md): 24 attention layers
-    embed_dim=512,
-    image_resolution=224,
-    vision_layers=12,
-    vision_width=768,
-    vision_patch_size=32,
-    context_length=77,
-    vocab_size=49408,
-    transformer_width=512,
-    transformer_heads=8,
-    transformer_layers=12,
-)
 
 Outputs = Dict[str, Any]
 
@@ -501,10 +489,10 @@ def finetune_step(env: Env) -> Outputs:
 def isinstance_count(env: Env) -> Outputs:
     """Adapter libraries count attention layers with isinstance(m, nn.MultiheadAttention)."""
     counts = {}
+    dims = env.factory.dims_of("ViT-B/32")  # the released architecture (FACTS.md): 24 attention layers
     with torch.device("meta"):
-        counts["ViT-B/32"] = sum(
-            isinstance(m, nn.MultiheadAttention) for m in env.clip.model.CLIP(**ViT_B_32_DIMS).modules()
-        )
+        model = env.clip.model.CLIP(**dims)
+    counts["ViT-B/32"] = sum(isinstance(m, nn.MultiheadAttention) for m in model.modules())
     for config in ("tiny-vit", "tiny-rn"):
         model, _ = env.load(config)
         counts[config] = sum(isinstance(m, nn.MultiheadAttention) for m in model.modules())
