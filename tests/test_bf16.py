@@ -382,3 +382,69 @@ def test_tracing_and_compiling_never_measure(
     eager = _encode(model, "text", text)
     torch.testing.assert_close(out, eager, rtol=0, atol=0)
     torch.testing.assert_close(traced(text), eager, rtol=0, atol=0)
+
+
+@pytest.fixture
+def no_widened() -> Iterator[None]:
+    bf16.clear_widened_weights()
+    yield
+    bf16.clear_widened_weights()
+
+
+@pytest.mark.parametrize("config", ["tiny-vit", "tiny-rn"])
+def test_fp32_way_widens_each_weight_once_and_gives_the_same_numbers(
+    config: str,
+    fp32_products: None,
+    no_widened: None,
+    models: Dict[str, Dict[str, torch.nn.Module]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = models[config]["bf16"]
+    images = _inputs(model)["image"].bfloat16()
+    monkeypatch.setattr(bf16, "_widened_parameter", _counting(bf16._widened_parameter, calls := []))
+    first = _encode(model, "image", images)
+    widened = set(bf16._widened)
+    assert widened and widened <= {id(p) for p in model.parameters()}  # model weights, kept once
+    made = {key: entry[2] for key, entry in bf16._widened.items()}
+    second = _encode(model, "image", images)
+    assert all(bf16._widened[key][2] is copy for key, copy in made.items())  # reused, not made again
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    bf16.clear_widened_weights()  # without the copies: widened on the spot, the same numbers
+    torch.testing.assert_close(first, _encode(model, "image", images), rtol=0, atol=0)
+    assert calls
+
+
+def _counting(func: Callable[..., Any], calls: List[int]) -> Callable[..., Any]:
+    def wrapper(*args: Any) -> Any:
+        calls.append(1)
+        return func(*args)
+
+    return wrapper
+
+
+def test_a_changed_or_dead_weight_is_widened_again(fp32_products: None, no_widened: None) -> None:
+    layer = torch.nn.Linear(16, 8).to(torch.bfloat16).requires_grad_(False)
+    x = torch.randn(4, 16).bfloat16()
+
+    def expected(layer: torch.nn.Linear) -> torch.Tensor:  # the fp32 way, widening now
+        return F.linear(x.float(), layer.weight.float(), layer.bias.float()).bfloat16()
+
+    with bf16.bf16_compute(torch.device("cpu"), torch.bfloat16):
+        torch.testing.assert_close(layer(x), expected(layer), rtol=0, atol=0)
+        with torch.no_grad():
+            layer.weight.mul_(2)  # in place: a new version
+        torch.testing.assert_close(layer(x), expected(layer), rtol=0, atol=0)
+        layer.weight.data = torch.zeros_like(layer.weight.data)  # new storage, same version
+        torch.testing.assert_close(layer(x), expected(layer), rtol=0, atol=0)
+    key = id(layer.weight)
+    assert key in bf16._widened
+    del layer
+    assert key not in bf16._widened  # forgotten with its parameter
+
+
+def test_training_weights_are_not_kept_widened(fp32_products: None, no_widened: None) -> None:
+    layer = torch.nn.Linear(16, 8).to(torch.bfloat16)
+    x = torch.randn(4, 16).bfloat16()
+    with bf16.bf16_compute(torch.device("cpu"), torch.bfloat16):
+        layer(x).float().sum().backward()
+    assert layer.weight.grad is not None and not bf16._widened
