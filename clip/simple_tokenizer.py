@@ -221,8 +221,16 @@ def whitespace_clean(text: str) -> str:
 
 
 def _clean(text: str) -> str:
-    """The original's full cleaning: basic_clean, whitespace_clean, lower()."""
-    return whitespace_clean(basic_clean(text)).lower()
+    """The original's full cleaning: basic_clean, whitespace_clean, lower().
+
+    Without the characters that only str.split() counts as whitespace (`_STRIP_ONLY_SPACE`: the
+    only difference between its whitespace and the `regex` module's \\s, checked over every code
+    point in tests/test_tokenizer.py), whitespace_clean is " ".join(text.split()), without a regex.
+    """
+    text = basic_clean(text)
+    if _re.search(_STRIP_ONLY_SPACE, text) is None:
+        return " ".join(text.split()).lower()
+    return whitespace_clean(text).lower()
 
 
 class _NotPiecewise(Exception):
@@ -268,8 +276,6 @@ class SimpleTokenizer:
         self._plain_pat = _re.compile(_PLAIN_PRETOKENIZER_PATTERN)
         self._not_plain = _re.compile(_PLAIN_TEXT_EXCEPTIONS)
         self._strip_only_space = _re.compile(_STRIP_ONLY_SPACE)
-        # Latin-1 character of byte b -> byte_encoder[b], for str.translate.
-        self._byte_table = {b: c for b, c in self.byte_encoder.items()}
         self._sot_bytes = _pack([self.encoder[SOT_TEXT]])
         self._eot_bytes = _pack([self.encoder[EOT_TEXT]])
         # The special-token strings are single tokens (the original seeds its `cache` with them).
@@ -405,25 +411,21 @@ class SimpleTokenizer:
         if special is not None:
             return special
         if word.isascii() and word.isprintable() and " " not in word:
-            token = word  # the bytes '!'..'~' are their own byte symbols
-        elif max(word) >= _CHARACTER_START_FROM:
-            # Multi-byte characters: start from each character merged on its own where that is proven
-            # to give the same ids (`_IdMerges.character_start`); a word that is a vocabulary entry
-            # gets that entry from BPE as well.
-            start = self._merges_by_id().character_start(word)
-            if start is not None:
-                packed = _pack(self._merge_ids(start))
-                if len(word) <= _CACHED_WORD_CHARS:
-                    self._word_cache_bound.store(self._word_cache, word, packed)
-                return packed
-            token = word.encode("utf-8").decode("latin-1").translate(self._byte_table)
+            # The bytes '!'..'~' are their own byte symbols: the word is its token.
+            whole = self.encoder.get(word + _END_OF_WORD) if self._whole_word_shortcut else None
+            packed = _pack(self._bpe_ids(word)) if whole is None else whole.to_bytes(_ID_BYTES, sys.byteorder)
         else:
-            token = word.encode("utf-8").decode("latin-1").translate(self._byte_table)
-        whole = self.encoder.get(token + _END_OF_WORD) if self._whole_word_shortcut else None
-        if whole is not None:
-            packed = whole.to_bytes(_ID_BYTES, sys.byteorder)
-        else:
-            packed = _pack(self._bpe_ids(token))
+            # Other words go straight to ids (no token string; a word that is a vocabulary entry comes
+            # out of BPE whole, as every word does). Words with a character from
+            # _CHARACTER_START_FROM on start from each character merged on its own where that is
+            # proven to give the same ids (`_IdMerges.character_start`); others from their bytes.
+            tables = self._merges_by_id()
+            start = tables.character_start(word) if max(word) >= _CHARACTER_START_FROM else None
+            if start is None:
+                data = word.encode("utf-8")
+                start = list(map(tables.byte_id.__getitem__, data))
+                start[-1] = tables.end_byte_id[data[-1]]
+            packed = _pack(self._merge_ids(start, tables))
         if len(word) <= _CACHED_WORD_CHARS:
             self._word_cache_bound.store(self._word_cache, word, packed)
         return packed
@@ -722,19 +724,22 @@ class _CacheBound:
         while the cache is over its bounds."""
         max_bytes = self.max_bytes
         size = 0 if max_bytes is None else sys.getsizeof(key) + sys.getsizeof(value) + _ENTRY_OVERHEAD_BYTES
-        order = self._order
         with _CACHE_STORE_LOCK:
             if key in cache:  # stored meanwhile by another thread
                 return
             cache[key] = value
-            order.append((key, size))
-            self.nbytes += size
-            while order and (
-                len(cache) > self.max_entries or (max_bytes is not None and self.nbytes > max_bytes)
-            ):
-                old_key, old_size = order.popleft()
-                if cache.pop(old_key, _MISSING) is not _MISSING:
-                    self.nbytes -= old_size
+            self._order.append((key, size))
+            nbytes = self.nbytes = self.nbytes + size
+            if len(cache) > self.max_entries or (max_bytes is not None and nbytes > max_bytes):
+                self._evict(cache)
+
+    def _evict(self, cache: Dict[Any, Any]) -> None:
+        """Drop the oldest entries while the cache is over its bounds (the caller holds the lock)."""
+        order, max_entries, max_bytes = self._order, self.max_entries, self.max_bytes
+        while order and (len(cache) > max_entries or (max_bytes is not None and self.nbytes > max_bytes)):
+            old_key, old_size = order.popleft()
+            if cache.pop(old_key, _MISSING) is not _MISSING:
+                self.nbytes -= old_size
 
 
 _MISSING = object()

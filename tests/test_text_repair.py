@@ -6,12 +6,12 @@ import unicodedata
 
 import ftfy
 import pytest
+from _benchmarks import import_benchmark
 from ftfy import badness, chardata
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import clip._text_repair as repair
-from benchmarks.bench_tokenizer import iter_sustained_captions
 
 # Characters from every region the shortcut treats differently: ASCII, the mojibake pattern's blocks
 # (Latin-1, Latin Extended, Greek, Cyrillic, punctuation, math, box drawing), blocks it skips (CJK,
@@ -169,7 +169,8 @@ def test_text_ftfy_leaves_alone_skips_ftfy(monkeypatch):
 
 @pytest.mark.parametrize("corpus", ["multilingual", "urls", "novel"])
 def test_equal_to_ftfy_on_benchmark_corpora(corpus):
-    captions = list(itertools.islice(iter_sustained_captions(corpus), 3000))
+    corpora = import_benchmark("bench_tokenizer")
+    captions = list(itertools.islice(corpora.iter_sustained_captions(corpus), 3000))
     assert [repair.fix_text(c) for c in captions] == [ftfy.fix_text(c) for c in captions]
 
 

@@ -708,9 +708,10 @@ def test_character_starts_give_the_bpe_of_the_bytes(tok):
     # Words of every script the benchmarks use, and random mixtures of characters across scripts (where
     # the proof often fails and the bytes must be used): the BPE from the per-character start equals
     # the BPE of the bytes (the original algorithm, on strings) whenever a start is given.
-    from benchmarks.bench_tokenizer import iter_sustained_captions
+    from _benchmarks import import_benchmark
 
-    captions = itertools.islice(iter_sustained_captions("multilingual"), 2000)
+    corpora = import_benchmark("bench_tokenizer")
+    captions = itertools.islice(corpora.iter_sustained_captions("multilingual"), 2000)
     words = [w for c in captions for w in tok.pat.findall(st_module._clean(c)) if not w.isascii()]
     rng = random.Random(7)
     pool = "abcxyz019éàñøüßçœ€–™αβγδωабвгдяёђ中文字幕、한국어مرحباאבג\U0001f600\U0001f3a8"
@@ -736,3 +737,16 @@ def test_character_start_cache_is_bounded(monkeypatch):
     tables = tok._merges_by_id()
     assert len(tables._inner) <= 8 and len(tables._final) <= 8
     assert [tok.encode(w) for w in words] == [reference_ids(tok, w) for w in words]
+
+
+def test_whitespace_differs_from_regex_only_where_clean_knows():
+    # _clean joins str.split() instead of regex's \s+ unless a character of _STRIP_ONLY_SPACE is there:
+    # that must be every code point on which the two whitespace definitions disagree.
+    import regex
+
+    space = regex.compile(r"\s")
+    differ = [c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace() != bool(space.match(c))]
+    only = re.compile(st_module._STRIP_ONLY_SPACE)
+    assert differ and all(only.match(c) for c in differ)
+    for text in ("a\x1cb", " \x1f x\u3000y\u2028z\x85 ", "\t\n\x0b\x0c\r\u00a0\u1680\u2000\u205f"):
+        assert st_module._clean(text) == whitespace_clean(basic_clean(text)).lower()
