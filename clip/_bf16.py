@@ -251,8 +251,13 @@ def _run_fp32(func: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, A
 
 
 def _keeps_widened(value: Any) -> bool:
-    """Whether the fp32 way keeps an fp32 copy of this operand: a parameter, outside autograd."""
-    return isinstance(value, torch.nn.Parameter) and not (value.requires_grad and torch.is_grad_enabled())
+    """Whether the fp32 way keeps an fp32 copy of this operand: a parameter, outside autograd, that
+    tracks its version (not an inference tensor: those can change in place without a trace)."""
+    return (
+        isinstance(value, torch.nn.Parameter)
+        and not (value.requires_grad and torch.is_grad_enabled())
+        and not value.is_inference()
+    )
 
 
 def _widen(value: Any, keep: bool = False) -> Any:

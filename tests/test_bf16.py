@@ -448,3 +448,17 @@ def test_training_weights_are_not_kept_widened(fp32_products: None, no_widened: 
     with bf16.bf16_compute(torch.device("cpu"), torch.bfloat16):
         layer(x).float().sum().backward()
     assert layer.weight.grad is not None and not bf16._widened
+
+
+def test_weights_made_in_inference_mode_are_widened_each_call(fp32_products: None, no_widened: None) -> None:
+    # Inference tensors keep no version counter, so a kept copy could not see an in-place change.
+    with torch.inference_mode():
+        layer = torch.nn.Linear(16, 8).to(torch.bfloat16)
+        x = torch.randn(4, 16).bfloat16()
+        with bf16.bf16_compute(torch.device("cpu"), torch.bfloat16):
+            first = layer(x)
+            layer.weight.mul_(2)
+            second = layer(x)
+    expected = F.linear(x.float(), layer.weight.float(), layer.bias.float()).bfloat16()
+    torch.testing.assert_close(second, expected, rtol=0, atol=0)
+    assert not torch.equal(first, second) and not bf16._widened
