@@ -136,7 +136,6 @@ class _Shortcut:
         blocking.update(chardata_module.CONTROL_CHARS)
         self.blocking_but_width = re.compile(_char_class(blocking - set(self.width_map)))
         self.blocking = re.compile(_char_class(blocking | set(self.width_map)))
-        self.width_form = re.compile(_char_class(self.width_map))
         keys = _key_characters(badness_module.BADNESS_RE)
         self.maybe_mojibake = re.compile(r"[^\x00-\x7f]" if keys is None else _char_class(keys))
 
@@ -148,14 +147,9 @@ class _Shortcut:
         """Whether ``unescape_html`` leaves `text` alone: it replaces matches of ftfy's entity pattern."""
         return "&" not in text or self.html_entity.search(text) is None
 
-    def leaves_alone(self, text: str) -> bool:
-        """Whether ftfy's loop returns `text` unchanged: the checks of the module docstring."""
-        return (
-            self.blocking.search(text) is None
-            and self.no_entity(text)
-            and unicodedata.is_normalized("NFC", text)
-            and self.no_mojibake(text)
-        )
+    def leaves_alone_unblocked(self, text: str) -> bool:
+        """Whether ftfy's loop returns `text` unchanged, for a text without blocking characters."""
+        return self.no_entity(text) and unicodedata.is_normalized("NFC", text) and self.no_mojibake(text)
 
 
 @cache
@@ -184,13 +178,18 @@ def fix_text(text: str) -> str:
     if len(text) > _FTFY_SEGMENT_CHARS:
         return shortcut.fix_text(text)
     if shortcut.blocking.search(text) is None:
-        if shortcut.leaves_alone(text):
+        if shortcut.leaves_alone_unblocked(text):
             return text
     elif shortcut.blocking_but_width.search(text) is None:
         # Only full-/half-width forms to fix. ftfy's first pass: the steps before the width fixer
         # leave the text alone (no entity, C1, ligature; no mojibake), the width fixer translates it,
         # the steps after it leave the translation alone; the second pass leaves it alone too.
         standard = text.translate(shortcut.width_map)
-        if shortcut.no_entity(text) and shortcut.no_mojibake(text) and shortcut.leaves_alone(standard):
+        if (
+            shortcut.no_entity(text)
+            and shortcut.no_mojibake(text)
+            and shortcut.blocking.search(standard) is None
+            and shortcut.leaves_alone_unblocked(standard)
+        ):
             return standard
     return shortcut.fix_text(text)

@@ -19,8 +19,11 @@ What differs is speed, never output:
 * Every cache is bounded (entries, and bytes for the private ones; see `_WORD_CACHE_ENTRIES` and
   below) and drops its oldest entries first, in O(1) per entry, so a corpus of ever-new words runs
   at a steady rate in steady memory; the original's `cache` grows without limit.
-* A word whose whole form is a vocabulary entry is that entry: checked against every entry of the
-  released vocabulary, so this shortcut is only taken with that file.
+* A printable ASCII word whose whole form is a vocabulary entry is that entry: checked against
+  every entry of the released vocabulary, so this shortcut is only taken with that file. Other
+  words go to BPE on ids directly; words with a character from U+0600 on may start from each
+  character merged on its own, where that provably gives the same ids
+  (`_IdMerges.character_start`).
 * `_packed_row(text, limit)` can stop once ``limit`` ids are known, cleaning long texts in pieces
   that provably tokenise like the whole (see `_iter_clean_pieces`), so a 1 MB text with
   ``truncate=True`` does not go through BPE in full.
@@ -600,14 +603,9 @@ class _IdMerges:
             self.merged_id[rank] = encoder["".join(pair)]
         self.byte_id = [self.symbol_id[byte_encoder[b]] for b in range(_N_BYTES)]
         self.end_byte_id = [self.end_symbol_id[byte_encoder[b]] for b in range(_N_BYTES)]
-        # Lowest rank of a merge whose left (right) symbol is a given id.
-        self.lowest_rank_after: Dict[int, int] = {}
-        self.lowest_rank_before: Dict[int, int] = {}
-        for (left, right), rank in self.rank.items():
-            if rank < self.lowest_rank_after.get(left, _NO_MERGE_RANK):
-                self.lowest_rank_after[left] = rank
-            if rank < self.lowest_rank_before.get(right, _NO_MERGE_RANK):
-                self.lowest_rank_before[right] = rank
+        # Lowest rank of a merge whose left / right symbol is a given id: built with the first
+        # `_CharacterStart` (ASCII text never needs them).
+        self._lowest_ranks: Optional[Tuple[Dict[int, int], Dict[int, int]]] = None
         # Character -> its `_CharacterStart` inside a word / as a word's last character.
         self._inner: Dict[str, _CharacterStart] = {}
         self._final: Dict[str, _CharacterStart] = {}
@@ -639,26 +637,26 @@ class _IdMerges:
         highest = max(highest_ranks)
         if highest < 0:  # no character merges on its own: nothing to gain
             return None
-        # Lowest rank any merge could have across each boundary; only boundaries at or below M are
-        # checked pair by pair.
-        if len(starts) > 1 and min(map(max, lowest_after, lowest_before[1:])) <= highest:
-            rank_of = self.rank.get
-            for i, bound in enumerate(map(max, lowest_after, lowest_before[1:])):
-                if bound > highest:
-                    continue
-                for a in last_ids[i]:
-                    for b in first_ids[i + 1]:
-                        if rank_of((a, b), _NO_MERGE_RANK) <= highest:
-                            return None
+        # `bound`: the lowest rank any merge could have across a boundary; only a boundary at or below
+        # M is checked pair by pair.
+        rank_of = self.rank.get
+        for i, bound in enumerate(map(max, lowest_after, lowest_before[1:])):
+            if bound <= highest and any(
+                rank_of((a, b), _NO_MERGE_RANK) <= highest for a in last_ids[i] for b in first_ids[i + 1]
+            ):
+                return None
         return list(chain.from_iterable(ids))
 
     def _character(self, char: str, last: bool) -> "_CharacterStart":
         """Merge the bytes of one character on their own, recording what `character_start` needs."""
-        ids = [self.byte_id[b] for b in char.encode("utf-8")]
+        data = char.encode("utf-8")
+        ids = [self.byte_id[b] for b in data]
         if last:
-            ids[-1] = self.end_byte_id[char.encode("utf-8")[-1]]
+            ids[-1] = self.end_byte_id[data[-1]]
         highest, firsts, lasts = -1, {ids[0]}, {ids[-1]}
         rank_of = self.rank.get
+        # The same merging as `SimpleTokenizer._merge_ids`, step by step, to record every symbol the
+        # character starts and ends with on the way (a one-off per character, so kept plain).
         while len(ids) > 1:
             ranks = [rank_of(pair, _NO_MERGE_RANK) for pair in zip(ids, ids[1:])]
             best = min(ranks)
@@ -677,13 +675,14 @@ class _IdMerges:
             ids = merged
             firsts.add(ids[0])
             lasts.add(ids[-1])
+        lowest_after, lowest_before = self._lowest_ranks_by_symbol()
         start = _CharacterStart(
             ids=tuple(ids),
             highest_rank=highest,
             first_ids=tuple(firsts),
             last_ids=tuple(lasts),
-            lowest_rank_after=min(self.lowest_rank_after.get(a, _NO_MERGE_RANK) for a in lasts),
-            lowest_rank_before=min(self.lowest_rank_before.get(b, _NO_MERGE_RANK) for b in firsts),
+            lowest_rank_after=min(lowest_after.get(a, _NO_MERGE_RANK) for a in lasts),
+            lowest_rank_before=min(lowest_before.get(b, _NO_MERGE_RANK) for b in firsts),
         )
         if last:
             self._final_bound.store(self._final, char, start)
@@ -691,12 +690,26 @@ class _IdMerges:
             self._inner_bound.store(self._inner, char, start)
         return start
 
+    def _lowest_ranks_by_symbol(self) -> Tuple[Dict[int, int], Dict[int, int]]:
+        """(id -> lowest rank of a merge with that id on the left, ... on the right), built once."""
+        tables = self._lowest_ranks
+        if tables is None:  # two threads may both build it: same result, one is kept
+            after: Dict[int, int] = {}
+            before: Dict[int, int] = {}
+            for (left, right), rank in self.rank.items():
+                if rank < after.get(left, _NO_MERGE_RANK):
+                    after[left] = rank
+                if rank < before.get(right, _NO_MERGE_RANK):
+                    before[right] = rank
+            tables = self._lowest_ranks = (after, before)
+        return tables
+
 
 class _CharacterStart(NamedTuple):
     """One character's bytes merged on their own (see `_IdMerges.character_start`)."""
 
     ids: Tuple[int, ...]  # the symbols they end as
-    highest_rank: int  # the last (highest) rank merged; -1 if none
+    highest_rank: int  # the highest rank merged; -1 if none
     first_ids: Tuple[int, ...]  # every symbol the character starts with along the way
     last_ids: Tuple[int, ...]  # every symbol it ends with along the way
     lowest_rank_after: int  # lowest rank of any merge whose left symbol is in last_ids
