@@ -4,27 +4,33 @@ Whether torch's bf16 matrix kernels beat fp32 depends on the CPU, and the flag t
 (`torch.ops.mkldnn._is_mkldnn_bf16_supported()`) does not tell: on CPUs without AVX512-BF16 or AMX
 torch falls back to generic kernels several times slower than fp32, and even some CPUs with
 AVX512-BF16 run bf16 products at about half the fp32 rate. This module computes each bf16 matrix
-product one of two ways:
+product one of three ways:
 
 - "torch": torch's own bf16 kernels;
-- "fp32": bf16 operands widened to fp32 (exact), multiplied by the fp32 kernels, the result rounded
-  to bf16. torch's bf16 kernels accumulate in fp32 and round once too, so both agree up to the
-  order of summation; outputs keep the dtype torch would give.
+- "fp32": bf16 operands widened to fp32 (exact), multiplied by torch's fp32 kernels, the result
+  rounded to bf16. torch's bf16 kernels accumulate in fp32 and round once too, so both agree up to
+  the order of summation; outputs keep the dtype torch would give;
+- "onednn" (`F.linear` / `nn.Linear` in inference only): the same fp32 product on oneDNN with the
+  widened weight packed once into oneDNN's blocked layout. torch's fp32 `F.linear` calls the BLAS
+  it was built with (MKL), which on some CPUs (AMD EPYC here) runs ViT-B/32's products 1.2-1.8x
+  slower than oneDNN's packed kernels; fp32 models keep torch's `F.linear`, so their numbers stay
+  the original's.
 
 The choice is made by measurement, once per process and shape class (the kind of product, its
 non-batch dimensions and its batch size rounded up to a power of two, capped): the first product of
-a class is timed both ways on a slice of at most 256 rows (a few milliseconds where both ways are
-fast; about one run of the slow way where one is slow, a one-off cost of a fraction of a second per
-class on CPUs with slow bf16 kernels), the faster way is cached (thread-safe) and used from then on.
-Nothing is measured at import, nor while
-torch.jit.trace, torch.compile or torch.export trace the model: there a cached decision is used, or,
-for a class not measured yet, the oneDNN flag (fp32 products when it reports no bf16 support).
+a class is timed each way it can take on a slice of at most 256 rows (a few milliseconds where all
+ways are fast; about one run of a slow way, a one-off cost of a fraction of a second per class on
+CPUs with slow bf16 kernels), the fastest is cached (thread-safe) and used from then on. Nothing is
+measured at import, nor while torch.jit.trace, torch.compile or torch.export trace the model: there a
+cached decision is used ("onednn" as "fp32": the packed weights are eager-only), or, for a class not
+measured yet, the oneDNN flag (fp32 products when it reports no bf16 support).
 
 The CLIP model enters `bf16_compute(...)` around its encoders. It does something only when the input
 is on the CPU and the model's weights are bf16 or bf16 autocast is enabled for the CPU; otherwise it
 is a no-op context. The environment variable ``CLIP_CPU_BF16_KERNELS`` forces one way: ``torch``
-(torch's kernels, the context is a no-op) or ``fp32`` (fp32 products for every class); unset (or
-``auto``), the measurement decides.
+(torch's kernels, the context is a no-op), ``fp32`` (fp32 products for every class) or ``onednn``
+(oneDNN for the linear layers it can take, fp32 products for the rest); unset (or ``auto``), the
+measurement decides.
 """
 
 import contextlib
@@ -33,7 +39,7 @@ import threading
 import time
 import warnings
 import weakref
-from typing import Any, Callable, ContextManager, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -42,8 +48,9 @@ from torch.overrides import TorchFunctionMode
 ENV_VAR = "CLIP_CPU_BF16_KERNELS"
 TORCH_KERNELS = "torch"
 FP32_PRODUCTS = "fp32"
+ONEDNN_FP32 = "onednn"
 MEASURE = "auto"
-_ENV_CHOICES = (TORCH_KERNELS, FP32_PRODUCTS, MEASURE)
+_ENV_CHOICES = (TORCH_KERNELS, FP32_PRODUCTS, ONEDNN_FP32, MEASURE)
 
 # Matrix products the model calls, directly or through nn.Linear / nn.Conv2d.
 _GEMMS = frozenset(
@@ -73,8 +80,13 @@ MEASURE_REPEATS = 2  # timed runs of each way after one warm-up run; the fastest
 CLEAR_WIN = 1.5  # a warm-up this many times slower than the other way's decides without repeats
 
 _native_bf16: Optional[bool] = None  # asked once, on first use
-_decisions: Dict[Tuple[Any, ...], bool] = {}  # shape class -> use fp32 products
+_decisions: Dict[Tuple[Any, ...], str] = {}  # shape class -> the faster way
 _decisions_lock = threading.Lock()
+# The same decisions keyed by an eager call's exact signature (function, operand shapes, other
+# arguments): a dictionary lookup instead of working out the shape class on every product. Emptied
+# when it grows past this many entries (varying text lengths make new signatures of known classes).
+_call_decisions: Dict[Tuple[Any, ...], str] = {}
+MAX_CALL_DECISIONS = 4096
 
 
 def _ask_onednn() -> bool:
@@ -98,20 +110,30 @@ def native_bf16_supported() -> bool:
 
 
 def decisions() -> Dict[Tuple[Any, ...], str]:
-    """The ways measured so far in this process: shape class -> "torch" or "fp32"."""
+    """The ways measured so far in this process: shape class -> "torch", "fp32" or "onednn"."""
     with _decisions_lock:
-        return {key: FP32_PRODUCTS if fp32 else TORCH_KERNELS for key, fp32 in _decisions.items()}
+        return dict(_decisions)
 
 
 def clear_decisions() -> None:
     """Forget every measured decision (the next product of each class is measured again)."""
     with _decisions_lock:
         _decisions.clear()
+        _call_decisions.clear()
+
+
+_is_compiling: Callable[[], bool] = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
 
 
 def _tracing() -> bool:
-    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
-    return torch.jit.is_tracing() or is_compiling()
+    return torch.jit.is_tracing() or _is_compiling()
+
+
+def _cpu_autocast_enabled() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
 
 
 def _cpu_autocast_bf16() -> bool:
@@ -129,8 +151,8 @@ def _env_choice() -> str:
     if value not in _ENV_CHOICES:
         warnings.warn(
             f"{ENV_VAR}={os.environ[ENV_VAR]!r} is not one of {', '.join(_ENV_CHOICES)}; measuring which "
-            f"bf16 kernels are faster instead. Set it to {TORCH_KERNELS!r} or {FP32_PRODUCTS!r} to force "
-            "one.",
+            f"way is faster instead. Set it to {TORCH_KERNELS!r}, {FP32_PRODUCTS!r} or {ONEDNN_FP32!r} to "
+            "force one.",
             stacklevel=3,
         )
         return MEASURE
@@ -239,22 +261,102 @@ def _run_torch(func: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, 
     return func(*args, **kwargs)
 
 
-def _run_fp32(func: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, Any]) -> Any:
-    # Under autocast, operands are rounded to bf16 first, as autocast itself would do. Widened
-    # weights are kept for eager calls only: a traced or compiled graph widens them in the graph.
-    keep = not (_tracing() or _fake_operands(args))
-    wide_args = [_widen(a, keep) for a in args]
-    wide_kwargs = {key: _widen(value, keep) for key, value in kwargs.items()}
-    with torch.autocast("cpu", enabled=False):
-        out = func(*wide_args, **wide_kwargs)
+def _fp32_call(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """`func` on fp32 operands, kept fp32 under the CPU's autocast, rounded to bf16."""
+    if _cpu_autocast_enabled():
+        with torch.autocast("cpu", enabled=False):
+            out = func(*args, **kwargs)
+    else:
+        out = func(*args, **kwargs)
     return out.to(torch.bfloat16)
+
+
+def _run_fp32(
+    func: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, Any], keep: Optional[bool] = None
+) -> Any:
+    # Under autocast, operands are rounded to bf16 first, as autocast itself would do. Widened
+    # weights are kept for eager calls only (`keep`): a traced or compiled graph widens them in the
+    # graph.
+    if keep is None:
+        keep = _eager(args)
+    wide_args = [_widen(a, keep) for a in args]
+    wide_kwargs = {key: _widen(value, keep) for key, value in kwargs.items()} if kwargs else kwargs
+    return _fp32_call(func, *wide_args, **wide_kwargs)
+
+
+def _onednn_operands(
+    func: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, Any], keep: bool
+) -> Optional[Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]:
+    """(input, weight, bias) of a product the oneDNN way can take, else None: an eager `F.linear`
+    with a kept 2-D weight, outside autograd (oneDNN's fused linear has no backward)."""
+    if func is not F.linear or not keep or len(args) + len(kwargs) > 3:
+        return None
+    x, weight, bias = (
+        _arg(args, kwargs, 0, "input"),
+        _arg(args, kwargs, 1, "weight"),
+        _arg(args, kwargs, 2, "bias"),
+    )
+    if not (isinstance(weight, torch.Tensor) and weight.dim() == 2 and _keeps_widened(weight)):
+        return None
+    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in (x, bias)):
+        return None
+    return (x, weight, bias) if _onednn_packing() else None
+
+
+def _run_onednn(
+    func: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, Any], keep: Optional[bool] = None
+) -> Any:
+    """`F.linear` as an fp32 product on oneDNN, its weight widened and packed once (kept like the
+    fp32 way's copies); any other product, or one oneDNN cannot take, the fp32 way."""
+    if keep is None:
+        keep = _eager(args)
+    operands = _onednn_operands(func, args, kwargs, keep)
+    if operands is None:
+        return _run_fp32(func, args, kwargs, keep)
+    x, weight, bias = operands
+    return _fp32_call(
+        torch.ops.mkldnn._linear_pointwise,
+        _widen(x),
+        _packed_parameter(weight),
+        _widen(bias, keep),
+        "none",
+        [],
+        "",
+    )
+
+
+_RUNS: Dict[str, Callable[..., Any]] = {FP32_PRODUCTS: _run_fp32, ONEDNN_FP32: _run_onednn}
+
+_packing_works: Optional[bool] = None  # whether oneDNN's packed fp32 linear runs and is right here
+
+
+def _onednn_packing() -> bool:
+    """Whether this torch can pack a weight for oneDNN and multiply with it correctly (checked once on
+    a small product against F.linear; private torch ops, so any failure means no)."""
+    global _packing_works
+    if _packing_works is None:
+        try:
+            weight = torch.linspace(-1, 1, 24 * 16).reshape(24, 16)
+            x, bias = torch.linspace(-2, 2, 3 * 16).reshape(3, 16), torch.linspace(0, 1, 24)
+            packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+            out = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+            _packing_works = bool(
+                torch.backends.mkldnn.is_available()
+                and out.shape == (3, 24)
+                and torch.allclose(out, F.linear(x, weight, bias), rtol=1e-4, atol=1e-4)
+            )
+        except (AttributeError, RuntimeError, TypeError):
+            _packing_works = False
+    return _packing_works
 
 
 def _keeps_widened(value: Any) -> bool:
     """Whether the fp32 way keeps an fp32 copy of this operand: a parameter, outside autograd, that
     tracks its version (not an inference tensor: those can change in place without a trace)."""
+    # A plain tensor is never a parameter: skip the parameter metaclass's slower isinstance check.
     return (
-        isinstance(value, torch.nn.Parameter)
+        type(value) is not torch.Tensor
+        and isinstance(value, torch.nn.Parameter)
         and not (value.requires_grad and torch.is_grad_enabled())
         and not value.is_inference()
     )
@@ -264,46 +366,67 @@ def _widen(value: Any, keep: bool = False) -> Any:
     if isinstance(value, torch.Tensor) and value.is_floating_point():
         if keep and _keeps_widened(value):
             return _widened_parameter(value)
-        return value.to(torch.bfloat16).float()  # exact for bf16; rounds fp32 as autocast would
+        if value.dtype == torch.bfloat16:
+            return value.float()  # exact
+        return value.to(torch.bfloat16).float()  # rounds fp32 as autocast would
     return value
 
 
-# fp32 copies of the weights the fp32 way has widened: id(parameter) -> (weak reference, what the
-# copy was made from, the copy). Widening every weight on every call cost as much as the products
-# themselves at batch 1 (ViT-B/32 encode_image in bf16 ran at 0.6x fp32); the copies make the fp32
-# way cost what fp32 costs, for the memory of an fp32 copy of the weights (only where this way was
-# chosen: CPUs without fast bf16 kernels). A copy is used only while its parameter is alive and
-# unchanged (same storage, version counter, dtype and shape), and only for inference (no autograd
-# graph through a parameter that requires grad).
-_widened: Dict[int, Tuple[Any, Tuple[Any, ...], torch.Tensor]] = {}
+def _widened_now(weight: torch.Tensor) -> torch.Tensor:
+    return weight.detach().to(torch.bfloat16).float()
+
+
+# fp32 copies of the weights the fp32 ways have widened: id(parameter) -> (weak reference, what the
+# copy was made from, the copy); `_packed` holds the oneDNN way's, widened and packed. Widening every
+# weight on every call cost as much as the products themselves at batch 1 (ViT-B/32 encode_image in
+# bf16 ran at 0.6x fp32); the copies make the fp32 way cost what fp32 costs, for the memory of an
+# fp32 copy of the weights (only where an fp32 way was chosen: CPUs without fast bf16 kernels). A
+# copy is used only while its parameter is alive and unchanged (same storage, version counter, dtype
+# and shape), and only for inference (no autograd graph through a parameter that requires grad).
+_KeptCopies = Dict[int, Tuple[Any, Tuple[Any, ...], torch.Tensor]]
+_widened: _KeptCopies = {}
+_packed: _KeptCopies = {}
 _widened_lock = threading.Lock()
 
 
-def _widened_parameter(weight: torch.Tensor) -> torch.Tensor:
+def _kept_copy(
+    store: _KeptCopies, weight: torch.Tensor, make: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
     key = id(weight)
     state = (weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape))
-    entry = _widened.get(key)
+    entry = store.get(key)
     if entry is not None and entry[0]() is weight and entry[1] == state:
         return entry[2]
-    wide = weight.detach().to(torch.bfloat16).float()
+    copy = make(weight)
     with _widened_lock:
         if entry is None or entry[0]() is not weight:  # a new parameter: forget it when it dies
-            ref = weakref.ref(weight, lambda _, key=key: _forget_widened(key))
+            ref = weakref.ref(weight, lambda _, key=key: _forget_widened(store, key))
         else:
             ref = entry[0]
-        _widened[key] = (ref, state, wide)
-    return wide
+        store[key] = (ref, state, copy)
+    return copy
 
 
-def _forget_widened(key: int) -> None:
+def _widened_parameter(weight: torch.Tensor) -> torch.Tensor:
+    return _kept_copy(_widened, weight, _widened_now)
+
+
+def _packed_parameter(weight: torch.Tensor) -> torch.Tensor:
+    return _kept_copy(
+        _packed, weight, lambda w: torch.ops.mkldnn._reorder_linear_weight(_widened_now(w), None)
+    )
+
+
+def _forget_widened(store: _KeptCopies, key: int) -> None:
     with _widened_lock:
-        _widened.pop(key, None)
+        store.pop(key, None)
 
 
 def clear_widened_weights() -> None:
-    """Drop the fp32 copies of bf16 weights kept for the fp32 way (they are made again when needed)."""
+    """Drop the fp32 copies of bf16 weights kept for the fp32 ways (they are made again when needed)."""
     with _widened_lock:
         _widened.clear()
+        _packed.clear()
 
 
 def _seconds(run: Callable[[], Any]) -> float:
@@ -312,60 +435,111 @@ def _seconds(run: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def _measure(torch_run: Callable[[], Any], fp32_run: Callable[[], Any]) -> Tuple[float, float]:
-    """(seconds with torch's kernels, seconds with fp32 products), the fastest of a few runs each.
+def _measure(runs: Dict[str, Callable[[], Any]]) -> Dict[str, float]:
+    """Seconds each way takes (way -> the fastest of a few runs).
 
-    Stops early when one way is clearly slower (CLEAR_WIN), so a slow way costs about one run.
+    An fp32 way runs once untimed first (it makes its kept weights then); torch's first run counts,
+    as an upper bound. A way whose first time is CLEAR_WIN times the best is not run again, so a slow
+    way costs about one run.
     """
-    _seconds(fp32_run)  # warm-up: primes oneDNN and the allocator
-    fp32_time = _seconds(fp32_run)
-    torch_time = _seconds(torch_run)  # its warm-up: an upper bound of its time
-    if torch_time > CLEAR_WIN * fp32_time:
-        return torch_time, fp32_time
-    torch_time = min(torch_time, _seconds(torch_run))
-    if max(torch_time, fp32_time) > CLEAR_WIN * min(torch_time, fp32_time):
-        return torch_time, fp32_time  # a clear winner: no more time spent
-    for _ in range(MEASURE_REPEATS):
-        torch_time = min(torch_time, _seconds(torch_run))
-        fp32_time = min(fp32_time, _seconds(fp32_run))
-    return torch_time, fp32_time
+    times: Dict[str, float] = {}
+    for way, run in runs.items():
+        if way != TORCH_KERNELS:
+            _seconds(run)  # warm-up: kept weights, oneDNN's primitives, the allocator
+        times[way] = _seconds(run)
+    best = min(times.values())
+    close = [way for way, seconds in times.items() if seconds <= CLEAR_WIN * best]
+    if len(close) > 1:
+        for _ in range(MEASURE_REPEATS):
+            for way in close:
+                times[way] = min(times[way], _seconds(runs[way]))
+    return times
+
+
+_fake_tensor_type: Optional[type] = None  # torch's FakeTensor class, imported on first use
 
 
 def _fake_operands(args: Sequence[Any]) -> bool:
     """Whether the operands are fake tensors: torch.compile / torch.export propagating shapes. torch
     before 2.6 runs this mode's code then without `torch.compiler.is_compiling()` being True."""
-    from torch._subclasses.fake_tensor import FakeTensor
+    global _fake_tensor_type
+    if _fake_tensor_type is None:
+        from torch._subclasses.fake_tensor import FakeTensor
 
-    return any(isinstance(arg, FakeTensor) for arg in args)
+        _fake_tensor_type = FakeTensor
+    return any(isinstance(arg, _fake_tensor_type) for arg in args)
 
 
-def _use_fp32(func: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, Any]) -> bool:
-    """Whether this product's class runs faster as fp32 products (measured once, then cached)."""
+def _eager(args: Sequence[Any]) -> bool:
+    """Whether this product runs eagerly (not traced, compiled or exported): only then is anything
+    measured, cached by call signature or kept widened."""
+    return not (_tracing() or _fake_operands(args))
+
+
+def _call_key(func: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, Any]) -> Tuple[Any, ...]:
+    """An eager call's exact signature: finer than its shape class, so it maps to one decision."""
+    key: List[Any] = [func]
+    for value in args:
+        key.append(value.shape if isinstance(value, torch.Tensor) else value)
+    for name, value in kwargs.items():
+        key.append(name)
+        key.append(value.shape if isinstance(value, torch.Tensor) else value)
+    return tuple(key)
+
+
+def _way(
+    func: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, Any], eager: Optional[bool] = None
+) -> str:
+    """The faster way for this product's class (measured once, then cached)."""
+    if eager is None:
+        eager = _eager(args)
+    call_key: Optional[Tuple[Any, ...]] = None
+    if eager:
+        call_key = _call_key(func, args, kwargs)
+        try:
+            decided = _call_decisions.get(call_key)
+        except TypeError:  # an unhashable argument (a list of strides): use the shape class only
+            call_key = None
+        else:
+            if decided is not None:
+                return decided
     key = _shape_class(func, args, kwargs)
     decided = _decisions.get(key)
-    if decided is not None:
-        return decided
-    if _tracing() or _fake_operands(args):  # no timing in a traced or compiled graph: not cached
-        return not native_bf16_supported()
-    with _decisions_lock:  # one thread measures a class; the others wait for its answer
-        decided = _decisions.get(key)
-        if decided is None:
-            s_func, s_args, s_kwargs = _sample(func, args, kwargs)
-            with torch.no_grad():
-                torch_time, fp32_time = _measure(
-                    lambda: _run_torch(s_func, s_args, s_kwargs), lambda: _run_fp32(s_func, s_args, s_kwargs)
-                )
-            decided = _decisions[key] = fp32_time < torch_time
+    if decided is None:
+        if not eager:  # no timing in a traced or compiled graph: not cached
+            return TORCH_KERNELS if native_bf16_supported() else FP32_PRODUCTS
+        with _decisions_lock:  # one thread measures a class; the others wait for its answer
+            decided = _decisions.get(key)
+            if decided is None:
+                decided = _decisions[key] = _measured_way(func, args, kwargs)
+    if call_key is not None:
+        with _decisions_lock:
+            if _decisions.get(key) == decided:  # not cleared meanwhile
+                if len(_call_decisions) >= MAX_CALL_DECISIONS:
+                    _call_decisions.clear()
+                _call_decisions[call_key] = decided
     return decided
+
+
+def _measured_way(func: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, Any]) -> str:
+    """Times each way this product can take on a sample of its class; the fastest (torch on a tie)."""
+    s_func, s_args, s_kwargs = _sample(func, args, kwargs)
+    runs = {FP32_PRODUCTS: lambda: _run_fp32(s_func, s_args, s_kwargs, keep=True)}
+    if _onednn_operands(func, args, kwargs, keep=True) is not None:
+        runs[ONEDNN_FP32] = lambda: _run_onednn(s_func, s_args, s_kwargs, keep=True)
+    runs[TORCH_KERNELS] = lambda: _run_torch(s_func, s_args, s_kwargs)
+    with torch.no_grad():
+        times = _measure(runs)
+    return min(times, key=lambda way: (times[way], way != TORCH_KERNELS))
 
 
 class _Float32Products(TorchFunctionMode):
     """Routes bf16 matrix products (all of them under bf16 autocast) to the faster way."""
 
-    def __init__(self, autocast: bool, force_fp32: bool = False) -> None:
+    def __init__(self, autocast: bool, force: Optional[str] = None) -> None:
         super().__init__()
         self.autocast = autocast
-        self.force_fp32 = force_fp32
+        self.force = force  # a way for every product (CLIP_CPU_BF16_KERNELS), or None to measure
 
     def __torch_function__(
         self,
@@ -374,19 +548,27 @@ class _Float32Products(TorchFunctionMode):
         args: Sequence[Any] = (),
         kwargs: Optional[Dict[str, Any]] = None,
     ) -> Any:
-        kwargs = kwargs or {}
-        if func not in _PRODUCTS:
+        if kwargs is None:
+            kwargs = {}
+        if func not in _PRODUCTS or not self._routes(args, kwargs):
             return func(*args, **kwargs)
-        floats = [
-            a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor) and a.is_floating_point()
-        ]
-        all_bf16 = bool(floats) and all(a.dtype == torch.bfloat16 for a in floats)
-        # Without autocast, mixed dtypes are the caller's error: let torch raise it as usual.
-        if not (all_bf16 or self.autocast) or any(a.device.type != "cpu" for a in floats):
+        eager = _eager(args)
+        way = self.force or _way(func, args, kwargs, eager)
+        if way == TORCH_KERNELS:
             return func(*args, **kwargs)
-        if self.force_fp32 or _use_fp32(func, args, kwargs):
-            return _run_fp32(func, args, kwargs)
-        return _run_torch(func, args, kwargs)
+        return _RUNS[way](func, args, kwargs, eager)
+
+    def _routes(self, args: Sequence[Any], kwargs: Dict[str, Any]) -> bool:
+        """Whether a product is this mode's: CPU operands, all bf16 (any floats under autocast).
+        Without autocast, mixed dtypes are the caller's error: torch raises it as usual."""
+        floats = bf16_only = False
+        for value in (*args, *kwargs.values()):
+            if isinstance(value, torch.Tensor) and value.is_floating_point():
+                if not value.is_cpu:
+                    return False
+                bf16_only = value.dtype == torch.bfloat16 and (bf16_only or not floats)
+                floats = True
+        return bf16_only or self.autocast
 
 
 def bf16_compute(device: torch.device, weight_dtype: torch.dtype) -> ContextManager[Any]:
@@ -399,4 +581,4 @@ def bf16_compute(device: torch.device, weight_dtype: torch.dtype) -> ContextMana
     choice = _env_choice()
     if choice == TORCH_KERNELS:
         return contextlib.nullcontext()
-    return _Float32Products(autocast, force_fp32=choice == FP32_PRODUCTS)
+    return _Float32Products(autocast, force=None if choice == MEASURE else choice)

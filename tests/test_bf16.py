@@ -38,14 +38,21 @@ def fp32_products(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     yield
 
 
-def _fake_timer(winner: str, calls: List[int]) -> Callable[..., Tuple[float, float]]:
-    """A stand-in for `_measure` that reports `winner` ("torch" or "fp32") as the faster way."""
+def _fake_timer(winner: str, calls: List[int]) -> Callable[..., Dict[str, float]]:
+    """A stand-in for `_measure` that reports `winner` as the fastest way; where a product cannot go
+    the oneDNN way, "fp32" (its fallback) comes next."""
 
-    def measure(torch_run: Callable[[], Any], fp32_run: Callable[[], Any]) -> Tuple[float, float]:
+    def measure(runs: Dict[str, Callable[[], Any]]) -> Dict[str, float]:
         calls.append(1)
-        return (1.0, 2.0) if winner == bf16.TORCH_KERNELS else (2.0, 1.0)
+        assert bf16.TORCH_KERNELS in runs and bf16.FP32_PRODUCTS in runs
+        return {way: 1.0 if way == winner else 1.5 if way == bf16.FP32_PRODUCTS else 2.0 for way in runs}
 
     return measure
+
+
+def _needs_onednn_packing(way: str) -> None:
+    if way == bf16.ONEDNN_FP32 and not bf16._onednn_packing():
+        pytest.skip("this torch cannot pack fp32 weights for oneDNN (no mkldnn build or private ops)")
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +249,7 @@ def _linear_in_context(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return F.linear(a, w)
 
 
-@pytest.mark.parametrize("choice", [bf16.TORCH_KERNELS, bf16.FP32_PRODUCTS])
+@pytest.mark.parametrize("choice", [bf16.TORCH_KERNELS, bf16.FP32_PRODUCTS, bf16.ONEDNN_FP32])
 def test_env_var_forces_each_way_without_measuring(choice: str, monkeypatch: pytest.MonkeyPatch) -> None:
     def no_timing(*args: Any) -> Tuple[float, float]:
         raise AssertionError("a forced choice must not be measured")
@@ -251,6 +258,7 @@ def test_env_var_forces_each_way_without_measuring(choice: str, monkeypatch: pyt
     monkeypatch.setenv(bf16.ENV_VAR, choice)
     a, w = _linear_operands(8)
     ours = _linear_in_context(a, w)
+    # a plain tensor as weight: the oneDNN way keeps no packed copy of it and takes the fp32 way
     expected = F.linear(a, w) if choice == bf16.TORCH_KERNELS else F.linear(a.float(), w.float()).bfloat16()
     torch.testing.assert_close(ours, expected, rtol=0, atol=0)  # the same kernels, the same bits
     assert bf16.decisions() == {}
@@ -304,9 +312,9 @@ def test_one_thread_measures_a_class_the_others_wait(monkeypatch: pytest.MonkeyP
     calls: List[int] = []
     fake = _fake_timer(bf16.FP32_PRODUCTS, calls)
 
-    def slow_measure(torch_run: Callable[[], Any], fp32_run: Callable[[], Any]) -> Tuple[float, float]:
+    def slow_measure(runs: Dict[str, Callable[[], Any]]) -> Dict[str, float]:
         time.sleep(0.05)  # long enough for the other threads to arrive while it measures
-        return fake(torch_run, fp32_run)
+        return fake(runs)
 
     monkeypatch.setattr(bf16, "_measure", slow_measure)
     a, w = _linear_operands(8)
@@ -331,7 +339,29 @@ def test_the_real_measurement_decides_and_is_cheap(monkeypatch: pytest.MonkeyPat
     assert list(bf16.decisions().values()) in ([bf16.TORCH_KERNELS], [bf16.FP32_PRODUCTS])
 
 
-@pytest.mark.parametrize("winner", [bf16.TORCH_KERNELS, bf16.FP32_PRODUCTS])
+def test_the_real_measurement_times_the_onednn_way_for_linear_layers() -> None:
+    _needs_onednn_packing(bf16.ONEDNN_FP32)
+    layer = torch.nn.Linear(768, 768).to(torch.bfloat16).requires_grad_(False)
+    x = _linear_operands(64, k=768)[0]
+    timed: List[str] = []
+    measure = bf16._measure
+
+    def spy(runs: Dict[str, Callable[[], Any]]) -> Dict[str, float]:
+        timed.extend(runs)
+        return measure(runs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv(bf16.ENV_VAR, raising=False)
+        patch.setattr(bf16, "_measure", spy)
+        with bf16.bf16_compute(torch.device("cpu"), torch.bfloat16):
+            ours = layer(x)
+    assert sorted(timed) == sorted([bf16.TORCH_KERNELS, bf16.FP32_PRODUCTS, bf16.ONEDNN_FP32])
+    assert list(bf16.decisions().values())[0] in timed
+    exact = F.linear(x.double(), layer.weight.double(), layer.bias.double())
+    torch.testing.assert_close(ours.double(), exact, rtol=2**-8, atol=1e-6)
+
+
+@pytest.mark.parametrize("winner", [bf16.TORCH_KERNELS, bf16.FP32_PRODUCTS, bf16.ONEDNN_FP32])
 @pytest.mark.parametrize("config", ["tiny-vit", "tiny-rn"])
 def test_measured_model_matches_the_forced_way_and_fp32(
     winner: str,
@@ -339,13 +369,20 @@ def test_measured_model_matches_the_forced_way_and_fp32(
     models: Dict[str, Dict[str, torch.nn.Module]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    _needs_onednn_packing(winner)
     model, reference = models[config]["bf16"], models[config]["fp32"]
     images = _inputs(model)["image"]
     monkeypatch.delenv(bf16.ENV_VAR, raising=False)
     calls: List[int] = []
     monkeypatch.setattr(bf16, "_measure", _fake_timer(winner, calls))
     measured = _encode(model, "image", images.bfloat16())
-    assert calls and set(bf16.decisions().values()) == {winner}
+    ways = set(bf16.decisions().values())
+    if winner == bf16.ONEDNN_FP32:  # linear layers only: convolutions, attention, `@ proj` take fp32
+        assert ways == {winner, bf16.FP32_PRODUCTS}
+        assert {key[0] for key, way in bf16.decisions().items() if way == winner} == {"gemm"}
+    else:
+        assert ways == {winner}
+    assert calls
     kinds = {key[0] for key in bf16.decisions()}
     assert {"gemm", "conv2d", "attention"} <= kinds
     monkeypatch.setenv(bf16.ENV_VAR, winner)
@@ -422,24 +459,32 @@ def _counting(func: Callable[..., Any], calls: List[int]) -> Callable[..., Any]:
     return wrapper
 
 
-def test_a_changed_or_dead_weight_is_widened_again(fp32_products: None, no_widened: None) -> None:
+@pytest.mark.parametrize("way", [bf16.FP32_PRODUCTS, bf16.ONEDNN_FP32])
+def test_a_changed_or_dead_weight_is_widened_again(
+    way: str, no_widened: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _needs_onednn_packing(way)
+    monkeypatch.setenv(bf16.ENV_VAR, way)
+    kept = bf16._widened if way == bf16.FP32_PRODUCTS else bf16._packed
+    tolerance = 0 if way == bf16.FP32_PRODUCTS else 2**-7  # oneDNN sums in another order: 1 bf16 ulp
     layer = torch.nn.Linear(16, 8).to(torch.bfloat16).requires_grad_(False)
     x = torch.randn(4, 16).bfloat16()
 
-    def expected(layer: torch.nn.Linear) -> torch.Tensor:  # the fp32 way, widening now
-        return F.linear(x.float(), layer.weight.float(), layer.bias.float()).bfloat16()
+    def check(layer: torch.nn.Linear) -> None:  # against the fp32 way, widening now
+        expected = F.linear(x.float(), layer.weight.float(), layer.bias.float()).bfloat16()
+        torch.testing.assert_close(layer(x), expected, rtol=tolerance, atol=1e-6 if tolerance else 0)
 
     with bf16.bf16_compute(torch.device("cpu"), torch.bfloat16):
-        torch.testing.assert_close(layer(x), expected(layer), rtol=0, atol=0)
+        check(layer)
         with torch.no_grad():
             layer.weight.mul_(2)  # in place: a new version
-        torch.testing.assert_close(layer(x), expected(layer), rtol=0, atol=0)
-        layer.weight.data = torch.zeros_like(layer.weight.data)  # new storage, same version
-        torch.testing.assert_close(layer(x), expected(layer), rtol=0, atol=0)
+        check(layer)
+        layer.weight.data = torch.rand_like(layer.weight.data)  # new storage, same version
+        check(layer)
     key = id(layer.weight)
-    assert key in bf16._widened
+    assert key in kept
     del layer
-    assert key not in bf16._widened  # forgotten with its parameter
+    assert key not in kept  # forgotten with its parameter
 
 
 def test_training_weights_are_not_kept_widened(fp32_products: None, no_widened: None) -> None:
@@ -462,3 +507,61 @@ def test_weights_made_in_inference_mode_are_widened_each_call(fp32_products: Non
     expected = F.linear(x.float(), layer.weight.float(), layer.bias.float()).bfloat16()
     torch.testing.assert_close(second, expected, rtol=0, atol=0)
     assert not torch.equal(first, second) and not bf16._widened
+
+
+@pytest.mark.parametrize("config", ["tiny-vit", "tiny-rn"])
+def test_onednn_way_packs_each_linear_weight_once_and_matches_the_fp32_way(
+    config: str,
+    no_widened: None,
+    models: Dict[str, Dict[str, torch.nn.Module]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _needs_onednn_packing(bf16.ONEDNN_FP32)
+    model = models[config]["bf16"]
+    images = _inputs(model)["image"].bfloat16()
+    monkeypatch.setenv(bf16.ENV_VAR, bf16.FP32_PRODUCTS)
+    fp32_way = _encode(model, "image", images)
+    monkeypatch.setenv(bf16.ENV_VAR, bf16.ONEDNN_FP32)
+    first = _encode(model, "image", images)
+    linear_weights = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    linear_weights |= {
+        id(m.in_proj_weight) for m in model.modules() if isinstance(m, torch.nn.MultiheadAttention)
+    }
+    packed = {key: entry[2] for key, entry in bf16._packed.items()}
+    assert packed and set(packed) <= linear_weights  # linear weights only, packed once
+    second = _encode(model, "image", images)
+    assert all(bf16._packed[key][2] is copy for key, copy in packed.items())
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    assert _min_cosine(first, fp32_way) >= MIN_COSINE_TO_TORCH_BF16  # fp32 products summed in another order
+
+
+def test_onednn_way_leaves_autograd_and_tracing_to_the_fp32_way(
+    no_widened: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # oneDNN's fused linear has no backward, and packed weights are eager-only: both take the fp32 way
+    _needs_onednn_packing(bf16.ONEDNN_FP32)
+    monkeypatch.setenv(bf16.ENV_VAR, bf16.ONEDNN_FP32)
+    layer = torch.nn.Linear(16, 8).to(torch.bfloat16).requires_grad_(False)
+    x = torch.randn(4, 16).bfloat16().requires_grad_()
+    expected = F.linear(x.detach().float(), layer.weight.float(), layer.bias.float()).bfloat16()
+    with bf16.bf16_compute(torch.device("cpu"), torch.bfloat16):
+        out = layer(x)  # prompt tuning on a frozen bf16 model: the input needs a gradient
+        out.float().sum().backward()
+        traced = torch.jit.trace(layer, x.detach(), check_trace=False)
+    torch.testing.assert_close(out.detach(), expected, rtol=0, atol=0)
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    torch.testing.assert_close(traced(x.detach()), expected, rtol=0, atol=0)
+    assert not bf16._packed
+
+
+def test_onednn_way_falls_back_where_packing_fails(
+    no_widened: None, models: Dict[str, Dict[str, torch.nn.Module]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = models["tiny-vit"]["bf16"]
+    images = _inputs(model)["image"].bfloat16()
+    monkeypatch.setenv(bf16.ENV_VAR, bf16.FP32_PRODUCTS)
+    fp32_way = _encode(model, "image", images)
+    monkeypatch.setenv(bf16.ENV_VAR, bf16.ONEDNN_FP32)
+    monkeypatch.setattr(bf16, "_packing_works", False)  # as on a torch without mkldnn's private ops
+    torch.testing.assert_close(_encode(model, "image", images), fp32_way, rtol=0, atol=0)
+    assert not bf16._packed
