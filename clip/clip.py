@@ -13,6 +13,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
+from . import _incidental_names
 from ._checkpoint import CheckpointError, is_torchscript_archive, materialize_, read_state_dict
 from ._download import _download, default_cache_dir  # noqa: F401 - the original's name
 from ._hub import HubFile
@@ -276,4 +277,5 @@ class _ClipModule(types.ModuleType):
         set_tokenizer(None)
 
 
+__getattr__ = _incidental_names.module_getattr(__name__, _incidental_names.CLIP_CLIP)  # Compose, tqdm, ...
 sys.modules[__name__].__class__ = _ClipModule

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
+from . import _incidental_names
 from ._bf16 import bf16_compute
 
 HEAD_WIDTH = 64  # every attention layer of the release uses 64-dim heads
@@ -801,3 +802,6 @@ __all__ = [
     "build_model",
     "convert_weights",
 ]
+
+
+__getattr__ = _incidental_names.module_getattr(__name__, _incidental_names.CLIP_MODEL)  # the original's `np`

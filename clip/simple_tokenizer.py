@@ -60,6 +60,7 @@ from typing import (
     Union,
 )
 
+from . import _incidental_names
 from ._text_repair import fix_text
 
 __all__ = [
@@ -756,3 +757,7 @@ class _CacheBound:
 
 
 _MISSING = object()
+
+
+# the original's `ftfy` and `re` (the `regex` module), imported when first read
+__getattr__ = _incidental_names.module_getattr(__name__, _incidental_names.CLIP_SIMPLE_TOKENIZER)
