@@ -408,9 +408,9 @@ def header_lines(machine: Dict[str, Any], options: Dict[str, Any], seconds: floa
             + (
                 ""
                 if supported
-                else " — torch's bf16 kernels here are generic ones, far below fp32; clip measures both "
-                "ways and computes bf16 products in fp32 where that is faster (rows: bf16 vs bf16 on torch's "
-                "kernels)"
+                else " — torch's bf16 kernels here are generic ones, far below fp32; clip times them "
+                "against fp32 products (torch's fp32 kernels, or oneDNN with packed weights for linear "
+                "layers) and uses the fastest (rows: bf16 vs bf16 on torch's kernels)"
             )
         )
     return lines
@@ -442,9 +442,10 @@ def notes(options: Dict[str, Any]) -> List[str]:
         if not encode["info"]["mkldnn_bf16_supported"]:
             out.append(
                 "This CPU has no bf16 units: clip times torch's bf16 kernels against fp32 products "
-                "rounded to bf16 once per shape class and uses the faster (clip/_bf16.py); the "
+                "rounded to bf16 (on torch's fp32 kernels, or for linear layers on oneDNN with the weights "
+                "packed once) once per shape class and uses the fastest (clip/_bf16.py); the "
                 "bf16-on-torch's-kernels rows show what torch's generic bf16 kernels do alone. The bf16 "
-                "roofline is the faster of the two ways."
+                "roofline is the faster of torch's bf16 kernels and fp32 products (torch's fp32 kernels)."
             )
         slow = "batch 1 (best of 2 passes)"
         if options["low_precision_batch"]:
