@@ -76,8 +76,8 @@ _BIAS_FIRST = frozenset({torch.addmm, torch.baddbmm})  # (input, mat1, mat2): th
 MEASURE_GEMM_ROWS = 256  # rows of the (M, K) x (K, N) product; larger M share one class
 MEASURE_CONV_IMAGES = 1
 MEASURE_ATTENTION_BATCH = 2
-MEASURE_REPEATS = 2  # timed runs of each way after one warm-up run; the fastest counts
-CLEAR_WIN = 1.5  # a warm-up this many times slower than the other way's decides without repeats
+MEASURE_REPEATS = 2  # more timed runs of each close way after its first; the fastest counts
+CLEAR_WIN = 1.5  # a way whose first timing is this many times the fastest's is not run again
 
 _native_bf16: Optional[bool] = None  # asked once, on first use
 _decisions: Dict[Tuple[Any, ...], str] = {}  # shape class -> the faster way
@@ -137,13 +137,13 @@ def _cpu_autocast_enabled() -> bool:
 
 
 def _cpu_autocast_bf16() -> bool:
+    if not _cpu_autocast_enabled():
+        return False
     try:
-        enabled = torch.is_autocast_enabled("cpu")
         dtype = torch.get_autocast_dtype("cpu")
-    except TypeError:  # torch < 2.4
-        enabled = torch.is_autocast_cpu_enabled()
+    except (AttributeError, TypeError):  # torch < 2.4
         dtype = torch.get_autocast_cpu_dtype()
-    return enabled and dtype == torch.bfloat16
+    return dtype == torch.bfloat16
 
 
 def _env_choice() -> str:
@@ -271,14 +271,10 @@ def _fp32_call(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return out.to(torch.bfloat16)
 
 
-def _run_fp32(
-    func: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, Any], keep: Optional[bool] = None
-) -> Any:
+def _run_fp32(func: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, Any], keep: bool) -> Any:
     # Under autocast, operands are rounded to bf16 first, as autocast itself would do. Widened
     # weights are kept for eager calls only (`keep`): a traced or compiled graph widens them in the
     # graph.
-    if keep is None:
-        keep = _eager(args)
     wide_args = [_widen(a, keep) for a in args]
     wide_kwargs = {key: _widen(value, keep) for key, value in kwargs.items()} if kwargs else kwargs
     return _fp32_call(func, *wide_args, **wide_kwargs)
@@ -303,13 +299,9 @@ def _onednn_operands(
     return (x, weight, bias) if _onednn_packing() else None
 
 
-def _run_onednn(
-    func: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, Any], keep: Optional[bool] = None
-) -> Any:
+def _run_onednn(func: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, Any], keep: bool) -> Any:
     """`F.linear` as an fp32 product on oneDNN, its weight widened and packed once (kept like the
     fp32 way's copies); any other product, or one oneDNN cannot take, the fp32 way."""
-    if keep is None:
-        keep = _eager(args)
     operands = _onednn_operands(func, args, kwargs, keep)
     if operands is None:
         return _run_fp32(func, args, kwargs, keep)
@@ -487,12 +479,8 @@ def _call_key(func: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, A
     return tuple(key)
 
 
-def _way(
-    func: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, Any], eager: Optional[bool] = None
-) -> str:
-    """The faster way for this product's class (measured once, then cached)."""
-    if eager is None:
-        eager = _eager(args)
+def _way(func: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, Any], eager: bool) -> str:
+    """The fastest way for this product's class (measured once, then cached)."""
     call_key: Optional[Tuple[Any, ...]] = None
     if eager:
         call_key = _call_key(func, args, kwargs)
@@ -561,14 +549,14 @@ class _Float32Products(TorchFunctionMode):
     def _routes(self, args: Sequence[Any], kwargs: Dict[str, Any]) -> bool:
         """Whether a product is this mode's: CPU operands, all bf16 (any floats under autocast).
         Without autocast, mixed dtypes are the caller's error: torch raises it as usual."""
-        floats = bf16_only = False
+        floats, all_bf16 = False, True
         for value in (*args, *kwargs.values()):
             if isinstance(value, torch.Tensor) and value.is_floating_point():
                 if not value.is_cpu:
                     return False
-                bf16_only = value.dtype == torch.bfloat16 and (bf16_only or not floats)
                 floats = True
-        return bf16_only or self.autocast
+                all_bf16 = all_bf16 and value.dtype == torch.bfloat16
+        return (floats and all_bf16) or self.autocast
 
 
 def bf16_compute(device: torch.device, weight_dtype: torch.dtype) -> ContextManager[Any]:
