@@ -10,38 +10,45 @@ first time it is read, then stores it on the module. Nothing is imported at impo
 import importlib
 import sys
 from types import ModuleType
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, NamedTuple, Optional, Tuple
 
-# name -> (module to import, attribute of it or None for the module itself, what to pip install)
-Targets = Dict[str, Tuple[str, Optional[str], str]]
+
+class Target(NamedTuple):
+    """What a name is: `module` (or its `attribute`), once every module of `also_import` is imported."""
+
+    module: str
+    attribute: Optional[str]
+    package: str  # what to pip install when it is missing ("" for the standard library)
+    also_import: Tuple[str, ...] = ()  # submodules the original's code uses through the name
+
+
+Targets = Dict[str, Target]
 
 CLIP_CLIP: Targets = {
-    "CenterCrop": ("torchvision.transforms", "CenterCrop", "torchvision"),
-    "Compose": ("torchvision.transforms", "Compose", "torchvision"),
-    "InterpolationMode": ("torchvision.transforms", "InterpolationMode", "torchvision"),
-    "Normalize": ("torchvision.transforms", "Normalize", "torchvision"),
-    "Resize": ("torchvision.transforms", "Resize", "torchvision"),
-    "ToTensor": ("torchvision.transforms", "ToTensor", "torchvision"),
-    "Image": ("PIL.Image", None, "Pillow"),
-    "tqdm": ("tqdm", "tqdm", "tqdm"),
-    "hashlib": ("hashlib", None, ""),
-    "urllib": ("urllib.request", None, ""),  # the package, with `urllib.request` loaded as used there
-    "packaging": ("packaging.version", None, "packaging"),  # the package, with `packaging.version`
+    "CenterCrop": Target("torchvision.transforms", "CenterCrop", "torchvision"),
+    "Compose": Target("torchvision.transforms", "Compose", "torchvision"),
+    "InterpolationMode": Target("torchvision.transforms", "InterpolationMode", "torchvision"),
+    "Normalize": Target("torchvision.transforms", "Normalize", "torchvision"),
+    "Resize": Target("torchvision.transforms", "Resize", "torchvision"),
+    "ToTensor": Target("torchvision.transforms", "ToTensor", "torchvision"),
+    "Image": Target("PIL.Image", None, "Pillow"),
+    "tqdm": Target("tqdm", "tqdm", "tqdm"),
+    "hashlib": Target("hashlib", None, ""),
+    "urllib": Target("urllib", None, "", ("urllib.request",)),  # used there as urllib.request
+    "packaging": Target("packaging", None, "packaging", ("packaging.version",)),  # packaging.version
 }
-CLIP_MODEL: Targets = {"np": ("numpy", None, "numpy")}
+CLIP_MODEL: Targets = {"np": Target("numpy", None, "numpy")}
 CLIP_SIMPLE_TOKENIZER: Targets = {
-    "ftfy": ("ftfy", None, "ftfy"),
-    "re": ("regex", None, "regex"),  # the original's `import regex as re`, not the standard `re`
+    "ftfy": Target("ftfy", None, "ftfy"),
+    "re": Target("regex", None, "regex"),  # the original's `import regex as re`, not the standard `re`
 }
 
 
-def _resolve(target: str, attribute: Optional[str]) -> Any:
-    module = importlib.import_module(target)
-    if attribute is not None:
-        return getattr(module, attribute)
-    if target in ("urllib.request", "packaging.version"):  # the original names the top-level package
-        return sys.modules[target.split(".")[0]]
-    return module
+def _resolve(target: Target) -> Any:
+    for submodule in target.also_import:
+        importlib.import_module(submodule)
+    module = importlib.import_module(target.module)
+    return module if target.attribute is None else getattr(module, target.attribute)
 
 
 def module_getattr(module_name: str, targets: Targets) -> Callable[[str], Any]:
@@ -50,13 +57,14 @@ def module_getattr(module_name: str, targets: Targets) -> Callable[[str], Any]:
     def __getattr__(name: str) -> Any:
         if name not in targets:
             raise AttributeError(f"module {module_name!r} has no attribute {name!r}")
-        target, attribute, package = targets[name]
+        target = targets[name]
         try:
-            value = _resolve(target, attribute)
+            value = _resolve(target)
         except ImportError as error:  # hasattr() and getattr(..., default) expect AttributeError
+            what = target.module + (f".{target.attribute}" if target.attribute else "")
             raise AttributeError(
-                f"{module_name}.{name} is {target}{'.' + attribute if attribute else ''}, which cannot be "
-                f"imported here ({error}); install it with `pip install {package or target}`."
+                f"{module_name}.{name} is {what}, which cannot be imported here ({error}); install it "
+                f"with `pip install {target.package or target.module}`."
             ) from error
         module: ModuleType = sys.modules[module_name]
         setattr(module, name, value)  # read once; later reads find it on the module

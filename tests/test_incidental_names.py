@@ -68,6 +68,9 @@ def test_nothing_is_imported_until_read() -> None:
         assert "ftfy" not in sys.modules and "regex" not in sys.modules
         assert clip.simple_tokenizer.re.__name__ == "regex"
         assert "re" in vars(clip.simple_tokenizer)  # stored on the module after the first read
+        from clip._incidental_names import Target, _resolve  # a submodule the name is used through
+        assert "xml.dom" not in sys.modules
+        assert _resolve(Target("xml", None, "", ("xml.dom",))).dom.__name__ == "xml.dom"
         print("ok")
         """
     )
@@ -85,7 +88,8 @@ def test_a_missing_package_is_a_clear_attribute_error(monkeypatch: pytest.Monkey
     module = ModuleType("clip_fake_module")
     monkeypatch.setitem(sys.modules, module.__name__, module)
     module.__getattr__ = _incidental_names.module_getattr(  # type: ignore[attr-defined]
-        module.__name__, {"thing": ("no_such_package_for_clip_tests", None, "no-such-package")}
+        module.__name__,
+        {"thing": _incidental_names.Target("no_such_package_for_clip_tests", None, "no-such-package")},
     )
     assert not hasattr(module, "thing")
     with pytest.raises(AttributeError, match="pip install no-such-package"):
