@@ -10,11 +10,17 @@ product one of three ways:
 - "fp32": bf16 operands widened to fp32 (exact), multiplied by torch's fp32 kernels, the result
   rounded to bf16. torch's bf16 kernels accumulate in fp32 and round once too, so both agree up to
   the order of summation; outputs keep the dtype torch would give;
-- "onednn" (`F.linear` / `nn.Linear` in inference only): the same fp32 product on oneDNN with the
-  widened weight packed once into oneDNN's blocked layout. torch's fp32 `F.linear` calls the BLAS
-  it was built with (MKL), which on some CPUs (AMD EPYC here) runs ViT-B/32's products 1.2-1.8x
-  slower than oneDNN's packed kernels; fp32 models keep torch's `F.linear`, so their numbers stay
-  the original's.
+- "onednn" (`F.linear` / `nn.Linear` and `F.conv2d` / `nn.Conv2d`, in inference only): the same
+  fp32 product on oneDNN with the widened weight packed once into oneDNN's blocked layout. torch's
+  fp32 `F.linear` calls the BLAS it was built with (MKL), which on some CPUs (AMD EPYC here) runs
+  ViT-B/32's products 1.2-1.8x slower than oneDNN's packed kernels, and torch's `F.conv2d` re-lays
+  out the weight on every call (RN50's 3x3 convolutions at batch 1: up to 1.9x slower). oneDNN
+  writes a convolution's output channels-last; it is copied back to torch's layout (contiguous);
+- "matmul" (1x1 convolutions: stride 1, no padding, one group): the convolution as the fp32 matrix
+  product it is, (out, in) x (in, pixels) per image, on torch's BLAS; the output comes out in
+  torch's layout with no copy (RN50's 1x1 convolutions at batch 1: up to 3x faster than F.conv2d).
+
+fp32 models keep torch's own products, so their numbers stay the original's.
 
 The choice is made by measurement, once per process and shape class (the kind of product, its
 non-batch dimensions and its batch size rounded up to a power of two, capped): the first product of
@@ -28,9 +34,10 @@ measured yet, the oneDNN flag (fp32 products when it reports no bf16 support).
 The CLIP model enters `bf16_compute(...)` around its encoders. It does something only when the input
 is on the CPU and the model's weights are bf16 or bf16 autocast is enabled for the CPU; otherwise it
 is a no-op context. The environment variable ``CLIP_CPU_BF16_KERNELS`` forces one way: ``torch``
-(torch's kernels, the context is a no-op), ``fp32`` (fp32 products for every class) or ``onednn``
-(oneDNN for the linear layers it can take, fp32 products for the rest); unset (or ``auto``), the
-measurement decides.
+(torch's kernels, the context is a no-op), ``fp32`` (fp32 products for every class), ``onednn``
+(oneDNN for the linear layers and convolutions it can take, fp32 products for the rest) or
+``matmul`` (1x1 convolutions as matrix products, fp32 products for the rest); unset (or ``auto``),
+the measurement decides.
 """
 
 import contextlib
@@ -49,8 +56,9 @@ ENV_VAR = "CLIP_CPU_BF16_KERNELS"
 TORCH_KERNELS = "torch"
 FP32_PRODUCTS = "fp32"
 ONEDNN_FP32 = "onednn"
+MATMUL_CONV = "matmul"
 MEASURE = "auto"
-_ENV_CHOICES = (TORCH_KERNELS, FP32_PRODUCTS, ONEDNN_FP32, MEASURE)
+_ENV_CHOICES = (TORCH_KERNELS, FP32_PRODUCTS, ONEDNN_FP32, MATMUL_CONV, MEASURE)
 
 # Matrix products the model calls, directly or through nn.Linear / nn.Conv2d.
 _GEMMS = frozenset(
@@ -110,7 +118,7 @@ def native_bf16_supported() -> bool:
 
 
 def decisions() -> Dict[Tuple[Any, ...], str]:
-    """The ways measured so far in this process: shape class -> "torch", "fp32" or "onednn"."""
+    """The ways measured so far in this process: shape class -> "torch", "fp32", "onednn" or "matmul"."""
     with _decisions_lock:
         return dict(_decisions)
 
@@ -151,8 +159,8 @@ def _env_choice() -> str:
     if value not in _ENV_CHOICES:
         warnings.warn(
             f"{ENV_VAR}={os.environ[ENV_VAR]!r} is not one of {', '.join(_ENV_CHOICES)}; measuring which "
-            f"way is faster instead. Set it to {TORCH_KERNELS!r}, {FP32_PRODUCTS!r} or {ONEDNN_FP32!r} to "
-            "force one.",
+            f"way is faster instead. Set it to {TORCH_KERNELS!r}, {FP32_PRODUCTS!r}, {ONEDNN_FP32!r} or "
+            f"{MATMUL_CONV!r} to force one.",
             stacklevel=3,
         )
         return MEASURE
@@ -300,8 +308,16 @@ def _onednn_operands(
 
 
 def _run_onednn(func: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, Any], keep: bool) -> Any:
-    """`F.linear` as an fp32 product on oneDNN, its weight widened and packed once (kept like the
-    fp32 way's copies); any other product, or one oneDNN cannot take, the fp32 way."""
+    """`F.linear` or `F.conv2d` as an fp32 product on oneDNN, its weight widened and packed once
+    (kept like the fp32 way's copies); any other product, or one oneDNN cannot take, the fp32 way."""
+    if func in _CONVS:
+        conv = _onednn_conv_operands(args, kwargs, keep)
+        if conv is None:
+            return _run_fp32(func, args, kwargs, keep)
+        x, weight, bias, options = conv
+        packed = _packed_conv_parameter(weight, options, x.shape)
+        # oneDNN writes channels-last; rounded first (half the bytes), then copied to torch's layout
+        return _fp32_call(_packed_conv, _widen(x), packed, _widen(bias, keep), options).contiguous()
     operands = _onednn_operands(func, args, kwargs, keep)
     if operands is None:
         return _run_fp32(func, args, kwargs, keep)
@@ -317,9 +333,121 @@ def _run_onednn(func: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str,
     )
 
 
-_RUNS: Dict[str, Callable[..., Any]] = {FP32_PRODUCTS: _run_fp32, ONEDNN_FP32: _run_onednn}
+# F.conv2d's arguments in order, and the defaults of those after the bias.
+_CONV_ARGUMENTS = ("input", "weight", "bias", "stride", "padding", "dilation", "groups")
+_CONV_DEFAULTS = {"stride": 1, "padding": 0, "dilation": 1, "groups": 1}
+ConvOptions = Tuple[List[int], List[int], List[int], int]  # stride, padding, dilation, groups
+
+
+def _pair(value: Any) -> Optional[List[int]]:
+    """An int or a pair of ints as a pair; anything else (padding="same", tensors) None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value, value]
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(type(v) is int for v in value):
+        return [value[0], value[1]]
+    return None
+
+
+def _conv_arguments(
+    args: Sequence[Any], kwargs: Dict[str, Any]
+) -> Optional[Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], ConvOptions]]:
+    """(input, weight, bias, options) of a `conv2d` call with a contiguous batch of images and plain
+    int options: the calls the oneDNN and matmul ways can take. Anything else None (the fp32 way)."""
+    if len(args) > len(_CONV_ARGUMENTS) or any(name not in _CONV_ARGUMENTS for name in kwargs):
+        return None
+    values = [_arg(args, kwargs, i, name) for i, name in enumerate(_CONV_ARGUMENTS)]
+    x, weight, bias = values[:3]
+    stride, padding, dilation = [
+        _pair(_CONV_DEFAULTS[name] if value is None else value)
+        for name, value in zip(_CONV_ARGUMENTS[3:6], values[3:6])
+    ]
+    groups = 1 if values[6] is None else values[6]
+    if stride is None or padding is None or dilation is None or type(groups) is not int:
+        return None
+    if not (isinstance(x, torch.Tensor) and x.dim() == 4 and x.is_contiguous()):
+        return None  # torch keeps a channels-last input's layout; these ways give the contiguous one
+    if not (isinstance(weight, torch.Tensor) and weight.dim() == 4):
+        return None
+    if bias is not None and not (isinstance(bias, torch.Tensor) and bias.dim() == 1):
+        return None
+    return x, weight, bias, (stride, padding, dilation, groups)
+
+
+def _onednn_conv_operands(
+    args: Sequence[Any], kwargs: Dict[str, Any], keep: bool
+) -> Optional[Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], ConvOptions]]:
+    """A convolution the oneDNN way can take: eager, a kept weight, outside autograd (oneDNN's
+    fused convolution has no backward), and a torch whose packed convolution passed its check."""
+    conv = _conv_arguments(args, kwargs) if keep else None
+    if conv is None:
+        return None
+    x, weight, bias, _ = conv
+    if not _keeps_widened(weight):
+        return None
+    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in (x, bias)):
+        return None
+    return conv if _onednn_conv_packing() else None
+
+
+def _packed_conv(
+    x: torch.Tensor, packed: torch.Tensor, bias: Optional[torch.Tensor], options: ConvOptions
+) -> torch.Tensor:
+    stride, padding, dilation, groups = options
+    return torch.ops.mkldnn._convolution_pointwise(
+        x, packed, bias, padding, stride, dilation, groups, "none", [], ""
+    )
+
+
+def _matmul_conv_operands(
+    args: Sequence[Any], kwargs: Dict[str, Any]
+) -> Optional[Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]:
+    """(input, weight, bias) of a 1x1 convolution with stride 1, no padding and one group, else None."""
+    conv = _conv_arguments(args, kwargs)
+    if conv is None:
+        return None
+    x, weight, bias, (stride, padding, _, groups) = conv
+    if weight.shape[2:] != (1, 1) or stride != [1, 1] or padding != [0, 0] or groups != 1:
+        return None
+    return (x, weight, bias) if weight.shape[1] == x.shape[1] else None  # else F.conv2d's error
+
+
+def _conv_as_matmul(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    n, channels, height, width = x.shape
+    out = torch.matmul(weight.reshape(weight.shape[0], channels), x.reshape(n, channels, height * width))
+    if bias is not None:
+        out = out + bias.unsqueeze(-1)  # (n, out, pixels) + (out, 1)
+    return out.view(n, weight.shape[0], height, width)
+
+
+def _run_matmul(func: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, Any], keep: bool) -> Any:
+    """A 1x1 convolution as an fp32 matrix product per image (output in torch's layout, no copy);
+    any other product the fp32 way."""
+    operands = _matmul_conv_operands(args, kwargs) if func in _CONVS else None
+    if operands is None:
+        return _run_fp32(func, args, kwargs, keep)
+    x, weight, bias = operands
+    return _fp32_call(_conv_as_matmul, _widen(x), _widen(weight, keep), _widen(bias, keep))
+
+
+def _takes(way: str, func: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, Any]) -> bool:
+    """Whether an eager product can go `way` (else that way would run it as the fp32 way does)."""
+    if way == ONEDNN_FP32:
+        if func in _CONVS:
+            return _onednn_conv_operands(args, kwargs, keep=True) is not None
+        return _onednn_operands(func, args, kwargs, keep=True) is not None
+    if way == MATMUL_CONV:
+        return func in _CONVS and _matmul_conv_operands(args, kwargs) is not None
+    return True
+
+
+_RUNS: Dict[str, Callable[..., Any]] = {
+    FP32_PRODUCTS: _run_fp32,
+    ONEDNN_FP32: _run_onednn,
+    MATMUL_CONV: _run_matmul,
+}
 
 _packing_works: Optional[bool] = None  # whether oneDNN's packed fp32 linear runs and is right here
+_conv_packing_works: Optional[bool] = None  # the same for its packed fp32 convolution
 
 
 def _onednn_packing() -> bool:
@@ -340,6 +468,33 @@ def _onednn_packing() -> bool:
         except (AttributeError, RuntimeError, TypeError):
             _packing_works = False
     return _packing_works
+
+
+def _onednn_conv_packing() -> bool:
+    """Whether this torch can pack a convolution weight for oneDNN and convolve with it correctly
+    (checked once, against F.conv2d, on a strided, padded, grouped convolution and a 1x1 one)."""
+    global _conv_packing_works
+    if _conv_packing_works is None:
+        try:
+            ok = torch.backends.mkldnn.is_available()
+            x = torch.linspace(-2, 2, 2 * 4 * 7 * 6).reshape(2, 4, 7, 6)
+            for shape, options in (
+                ((6, 2, 3, 3), ([2, 1], [1, 1], [1, 1], 2)),
+                ((5, 4, 1, 1), ([1, 1], [0, 0], [1, 1], 1)),
+            ):
+                weight = torch.linspace(-1, 1, torch.Size(shape).numel()).reshape(shape)
+                bias = torch.linspace(0, 1, shape[0])
+                stride, padding, dilation, groups = options
+                packed = torch.ops.mkldnn._reorder_convolution_weight(
+                    weight, padding, stride, dilation, groups, list(x.shape)
+                )
+                out = _packed_conv(x, packed, bias, options)
+                want = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+                ok = ok and out.shape == want.shape and torch.allclose(out, want, rtol=1e-4, atol=1e-4)
+            _conv_packing_works = bool(ok)
+        except (AttributeError, RuntimeError, TypeError):
+            _conv_packing_works = False
+    return _conv_packing_works
 
 
 def _keeps_widened(value: Any) -> bool:
@@ -382,10 +537,15 @@ _widened_lock = threading.Lock()
 
 
 def _kept_copy(
-    store: _KeptCopies, weight: torch.Tensor, make: Callable[[torch.Tensor], torch.Tensor]
+    store: _KeptCopies,
+    weight: torch.Tensor,
+    make: Callable[[torch.Tensor], torch.Tensor],
+    made_for: Tuple[Any, ...] = (),
 ) -> torch.Tensor:
+    """The kept copy of `weight` in `store`, made again if the weight changed or if it was made for
+    other uses (`made_for`: a packed convolution weight's stride, padding, dilation and groups)."""
     key = id(weight)
-    state = (weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape))
+    state = (weight.data_ptr(), weight._version, weight.dtype, tuple(weight.shape), made_for)
     entry = store.get(key)
     if entry is not None and entry[0]() is weight and entry[1] == state:
         return entry[2]
@@ -407,6 +567,22 @@ def _packed_parameter(weight: torch.Tensor) -> torch.Tensor:
     return _kept_copy(
         _packed, weight, lambda w: torch.ops.mkldnn._reorder_linear_weight(_widened_now(w), None)
     )
+
+
+def _packed_conv_parameter(
+    weight: torch.Tensor, options: ConvOptions, input_shape: Sequence[int]
+) -> torch.Tensor:
+    stride, padding, dilation, groups = options
+
+    def pack(w: torch.Tensor) -> torch.Tensor:
+        # oneDNN picks the packed layout for an input size; without one, some shapes (3x3 at 7x7)
+        # got a layout 30x slower. Any batch size works with it, so the first call's is kept.
+        return torch.ops.mkldnn._reorder_convolution_weight(
+            _widened_now(w), padding, stride, dilation, groups, list(input_shape)
+        )
+
+    made_for = (tuple(stride), tuple(padding), tuple(dilation), groups)
+    return _kept_copy(_packed, weight, pack, made_for)
 
 
 def _forget_widened(store: _KeptCopies, key: int) -> None:
@@ -512,9 +688,10 @@ def _way(func: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, Any], 
 def _measured_way(func: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, Any]) -> str:
     """Times each way this product can take on a sample of its class; the fastest (torch on a tie)."""
     s_func, s_args, s_kwargs = _sample(func, args, kwargs)
-    runs = {FP32_PRODUCTS: lambda: _run_fp32(s_func, s_args, s_kwargs, keep=True)}
-    if _onednn_operands(func, args, kwargs, keep=True) is not None:
-        runs[ONEDNN_FP32] = lambda: _run_onednn(s_func, s_args, s_kwargs, keep=True)
+    runs = {}
+    for way in (FP32_PRODUCTS, ONEDNN_FP32, MATMUL_CONV):
+        if _takes(way, func, args, kwargs):
+            runs[way] = lambda run=_RUNS[way]: run(s_func, s_args, s_kwargs, keep=True)
     runs[TORCH_KERNELS] = lambda: _run_torch(s_func, s_args, s_kwargs)
     with torch.no_grad():
         times = _measure(runs)

@@ -51,7 +51,7 @@ def _fake_timer(winner: str, calls: List[int]) -> Callable[..., Dict[str, float]
 
 
 def _needs_onednn_packing(way: str) -> None:
-    if way == bf16.ONEDNN_FP32 and not bf16._onednn_packing():
+    if way == bf16.ONEDNN_FP32 and not (bf16._onednn_packing() and bf16._onednn_conv_packing()):
         pytest.skip("this torch cannot pack fp32 weights for oneDNN (no mkldnn build or private ops)")
 
 
@@ -361,7 +361,9 @@ def test_the_real_measurement_times_the_onednn_way_for_linear_layers() -> None:
     torch.testing.assert_close(ours.double(), exact, rtol=2**-8, atol=1e-6)
 
 
-@pytest.mark.parametrize("winner", [bf16.TORCH_KERNELS, bf16.FP32_PRODUCTS, bf16.ONEDNN_FP32])
+@pytest.mark.parametrize(
+    "winner", [bf16.TORCH_KERNELS, bf16.FP32_PRODUCTS, bf16.ONEDNN_FP32, bf16.MATMUL_CONV]
+)
 @pytest.mark.parametrize("config", ["tiny-vit", "tiny-rn"])
 def test_measured_model_matches_the_forced_way_and_fp32(
     winner: str,
@@ -377,9 +379,15 @@ def test_measured_model_matches_the_forced_way_and_fp32(
     monkeypatch.setattr(bf16, "_measure", _fake_timer(winner, calls))
     measured = _encode(model, "image", images.bfloat16())
     ways = set(bf16.decisions().values())
-    if winner == bf16.ONEDNN_FP32:  # linear layers only: convolutions, attention, `@ proj` take fp32
+    won = {key[0] for key, way in bf16.decisions().items() if way == winner}
+    if winner == bf16.ONEDNN_FP32:  # linear layers and convolutions: attention, `@ proj` take fp32
         assert ways == {winner, bf16.FP32_PRODUCTS}
-        assert {key[0] for key, way in bf16.decisions().items() if way == winner} == {"gemm"}
+        assert won == {"gemm", "conv2d"}
+    elif winner == bf16.MATMUL_CONV:  # 1x1 convolutions only (the ResNet's): the rest take fp32
+        assert ways == ({winner, bf16.FP32_PRODUCTS} if config == "tiny-rn" else {bf16.FP32_PRODUCTS})
+        assert won == ({"conv2d"} if config == "tiny-rn" else set())
+        one_by_one = [key for key, way in bf16.decisions().items() if key[0] == "conv2d" and way == winner]
+        assert all(key[3][2:] == (1, 1) for key in one_by_one)
     else:
         assert ways == {winner}
     assert calls
@@ -510,7 +518,7 @@ def test_weights_made_in_inference_mode_are_widened_each_call(fp32_products: Non
 
 
 @pytest.mark.parametrize("config", ["tiny-vit", "tiny-rn"])
-def test_onednn_way_packs_each_linear_weight_once_and_matches_the_fp32_way(
+def test_onednn_way_packs_each_linear_and_conv_weight_once_and_matches_the_fp32_way(
     config: str,
     no_widened: None,
     models: Dict[str, Dict[str, torch.nn.Module]],
@@ -527,8 +535,10 @@ def test_onednn_way_packs_each_linear_weight_once_and_matches_the_fp32_way(
     linear_weights |= {
         id(m.in_proj_weight) for m in model.modules() if isinstance(m, torch.nn.MultiheadAttention)
     }
+    conv_weights = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Conv2d)}
     packed = {key: entry[2] for key, entry in bf16._packed.items()}
-    assert packed and set(packed) <= linear_weights  # linear weights only, packed once
+    assert set(packed) <= linear_weights | conv_weights  # weights of products only, packed once
+    assert set(packed) & linear_weights and set(packed) & conv_weights
     second = _encode(model, "image", images)
     assert all(bf16._packed[key][2] is copy for key, copy in packed.items())
     torch.testing.assert_close(first, second, rtol=0, atol=0)
@@ -563,5 +573,125 @@ def test_onednn_way_falls_back_where_packing_fails(
     fp32_way = _encode(model, "image", images)
     monkeypatch.setenv(bf16.ENV_VAR, bf16.ONEDNN_FP32)
     monkeypatch.setattr(bf16, "_packing_works", False)  # as on a torch without mkldnn's private ops
+    monkeypatch.setattr(bf16, "_conv_packing_works", False)
     torch.testing.assert_close(_encode(model, "image", images), fp32_way, rtol=0, atol=0)
     assert not bf16._packed
+
+
+def _conv_fp32_way(conv: torch.nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """What the fp32 way gives: the bf16 operands widened, torch's fp32 convolution, rounded."""
+    bias = None if conv.bias is None else conv.bias.float()
+    return F.conv2d(
+        x.float(), conv.weight.float(), bias, conv.stride, conv.padding, conv.dilation, conv.groups
+    ).bfloat16()
+
+
+def _frozen_conv(*args: Any, **kwargs: Any) -> torch.nn.Conv2d:
+    torch.manual_seed(3)
+    return torch.nn.Conv2d(*args, **kwargs).to(torch.bfloat16).requires_grad_(False)
+
+
+@pytest.mark.parametrize("way", [bf16.ONEDNN_FP32, bf16.MATMUL_CONV])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_conv_ways_match_the_fp32_way_in_torchs_layout(
+    way: str, bias: bool, batch: int, no_widened: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _needs_onednn_packing(way)
+    monkeypatch.setenv(bf16.ENV_VAR, way)
+    one_by_one = _frozen_conv(24, 40, 1, bias=bias)
+    strided = _frozen_conv(24, 16, 3, stride=2, padding=1, bias=bias)
+    x = torch.randn(batch, 24, 9, 11).bfloat16()
+    with bf16.bf16_compute(torch.device("cpu"), torch.bfloat16):
+        outs = {"1x1": one_by_one(x), "3x3": strided(x)}
+    for name, conv in (("1x1", one_by_one), ("3x3", strided)):
+        out, expected = outs[name], _conv_fp32_way(conv, x)
+        assert out.dtype == torch.bfloat16 and out.shape == expected.shape
+        assert out.is_contiguous()  # torch's layout for a contiguous input, not oneDNN's channels-last
+        # the same fp32 product summed in another order: at most one bf16 rounding step apart
+        torch.testing.assert_close(out, expected, rtol=2**-7, atol=1e-6)
+    packed, widened = set(bf16._packed), set(bf16._widened)
+    if way == bf16.ONEDNN_FP32:  # both convolutions packed (it takes any plain conv2d)
+        assert packed == {id(one_by_one.weight), id(strided.weight)}
+    else:  # matmul takes the 1x1 one only; the 3x3 one went the fp32 way
+        assert not packed and {id(one_by_one.weight), id(strided.weight)} <= widened
+        torch.testing.assert_close(outs["3x3"], _conv_fp32_way(strided, x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("way", [bf16.ONEDNN_FP32, bf16.MATMUL_CONV])
+def test_conv_ways_leave_other_layouts_and_options_to_the_fp32_way(
+    way: str, no_widened: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _needs_onednn_packing(way)
+    monkeypatch.setenv(bf16.ENV_VAR, way)
+    conv = _frozen_conv(8, 8, 1)
+    same = _frozen_conv(8, 8, 1, padding="same")
+    x = torch.randn(2, 8, 5, 5).bfloat16()
+    channels_last = x.contiguous(memory_format=torch.channels_last)
+    with bf16.bf16_compute(torch.device("cpu"), torch.bfloat16):
+        out_cl = conv(channels_last)  # torch keeps channels-last: so must we
+        out_same = same(x)  # padding="same": a string, not a pair of ints
+    assert out_cl.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out_cl, _conv_fp32_way(conv, channels_last), rtol=0, atol=0)
+    expected = F.conv2d(x.float(), same.weight.float(), same.bias.float(), padding="same").bfloat16()
+    torch.testing.assert_close(out_same, expected, rtol=0, atol=0)
+    assert not bf16._packed and {id(conv.weight), id(same.weight)} <= set(bf16._widened)
+
+
+def test_matmul_way_keeps_autograd_and_onednn_leaves_it_to_the_fp32_way(
+    no_widened: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _needs_onednn_packing(bf16.ONEDNN_FP32)
+    conv = _frozen_conv(6, 4, 1)
+    x = torch.randn(2, 6, 3, 3).bfloat16()
+    grads = {}
+    for way in (bf16.FP32_PRODUCTS, bf16.ONEDNN_FP32, bf16.MATMUL_CONV):
+        monkeypatch.setenv(bf16.ENV_VAR, way)
+        leaf = x.clone().requires_grad_()
+        with bf16.bf16_compute(torch.device("cpu"), torch.bfloat16):
+            conv(leaf).float().square().sum().backward()
+        grads[way] = leaf.grad
+    assert not bf16._packed  # oneDNN's convolution has no backward: the input needing one went fp32
+    torch.testing.assert_close(grads[bf16.ONEDNN_FP32], grads[bf16.FP32_PRODUCTS], rtol=0, atol=0)
+    torch.testing.assert_close(grads[bf16.MATMUL_CONV], grads[bf16.FP32_PRODUCTS], rtol=2**-7, atol=1e-5)
+
+
+def test_a_packed_conv_weight_is_packed_again_for_other_options(
+    no_widened: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _needs_onednn_packing(bf16.ONEDNN_FP32)
+    monkeypatch.setenv(bf16.ENV_VAR, bf16.ONEDNN_FP32)
+    conv = _frozen_conv(4, 4, 3, padding=1)
+    x = torch.randn(1, 4, 8, 8).bfloat16()
+    with bf16.bf16_compute(torch.device("cpu"), torch.bfloat16):
+        conv(x)
+        first = bf16._packed[id(conv.weight)][2]
+        conv(x)
+        assert bf16._packed[id(conv.weight)][2] is first  # reused
+        conv.stride = (2, 2)  # the same weight in another convolution: packed for that one
+        out = conv(x)
+    assert bf16._packed[id(conv.weight)][2] is not first
+    torch.testing.assert_close(out, _conv_fp32_way(conv, x), rtol=2**-7, atol=1e-6)
+
+
+def test_the_real_measurement_times_every_conv_way_it_can_take() -> None:
+    conv = _frozen_conv(32, 64, 1)
+    x = torch.randn(1, 32, 14, 14).bfloat16()
+    timed: List[List[str]] = []
+    measure = bf16._measure
+
+    def spy(runs: Dict[str, Callable[[], Any]]) -> Dict[str, float]:
+        timed.append(sorted(runs))
+        return measure(runs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv(bf16.ENV_VAR, raising=False)
+        patch.setattr(bf16, "_measure", spy)
+        with bf16.bf16_compute(torch.device("cpu"), torch.bfloat16):
+            out = conv(x)
+    ways = [bf16.FP32_PRODUCTS, bf16.MATMUL_CONV, bf16.TORCH_KERNELS]
+    if bf16._onednn_conv_packing():
+        ways.append(bf16.ONEDNN_FP32)
+    assert timed == [sorted(ways)]
+    assert set(bf16.decisions().values()) <= set(ways)
+    torch.testing.assert_close(out, _conv_fp32_way(conv, x), rtol=2**-7, atol=1e-6)
