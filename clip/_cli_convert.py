@@ -24,6 +24,10 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 TARGETS = ("safetensors", "hf")
+RELEASE_DTYPES = (
+    "release"  # --dtype default: the release's own dtypes (fp16 weights, fp32 where it keeps fp32)
+)
+DTYPES = (RELEASE_DTYPES, "float32", "float16", "bfloat16")
 HF_WEIGHTS_FILE = "model.safetensors"
 HF_CONFIG_FILE = "config.json"
 RELEASE_METADATA = {"format": "pt", "layout": "openai-clip-release"}
@@ -49,6 +53,16 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="cache directory of released weights (default: $CLIP_CACHE_DIR, else ~/.cache/clip)",
     )
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default=RELEASE_DTYPES,
+        help=(
+            "floating-point dtype of the .safetensors output (default: the release's, fp16 weights); "
+            "float32 makes a file `clip.load(..., dtype=torch.float32, mmap=True)` maps without copying. "
+            "--to hf always writes float32"
+        ),
+    )
     parser.add_argument("--download", action="store_true", help="download a released model missing from disk")
     parser.add_argument("--force", action="store_true", help="replace DST if it exists")
     return parser
@@ -69,12 +83,16 @@ def main(argv: List[str]) -> int:
         print(f"clip convert: error: {args.dst} exists; pass --force to replace it", file=sys.stderr)
         return EXIT_USAGE
     try:
+        if args.to == "hf" and args.dtype not in (RELEASE_DTYPES, "float32"):
+            raise _UsageError(
+                f"--to hf writes float32 weights; --dtype {args.dtype} applies to .safetensors output"
+            )
         source = _source_path(args.src, args.download_root, args.download)
         weights = _release_weights(source)
         if args.to == "hf":
             _write_hf(weights, args.dst)
         else:
-            _write_release(weights, args.dst)
+            _write_release(_cast(weights, args.dtype), args.dst)
     except _UsageError as exc:
         print(f"clip convert: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -120,6 +138,16 @@ def _release_weights(path: str) -> "Dict[str, torch.Tensor]":
 
     model = build_model(read_state_dict(path))  # checks keys and shapes; casts like the release
     return dict(model.state_dict())
+
+
+def _cast(weights: "Dict[str, torch.Tensor]", dtype: str) -> "Dict[str, torch.Tensor]":
+    """Every floating-point tensor in `dtype` (a name from DTYPES); the release's dtypes unchanged."""
+    if dtype == RELEASE_DTYPES:
+        return weights
+    import torch
+
+    target = getattr(torch, dtype)
+    return {k: v.to(target) if v.is_floating_point() else v for k, v in weights.items()}
 
 
 def _write_release(weights: "Dict[str, torch.Tensor]", dst: str) -> None:

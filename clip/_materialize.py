@@ -50,6 +50,7 @@ def materialize_(
     module: torch.nn.Module,
     device: torch.device,
     dtype: Optional[Callable[[torch.Tensor], torch.dtype]] = None,
+    keep_mapped: bool = False,
 ) -> torch.nn.Module:
     """Move every parameter and buffer of `module` to owned memory on `device`, in place.
 
@@ -57,9 +58,15 @@ def materialize_(
     from a checkpoint, the pages it occupied are released as the copy proceeds, so peak memory
     stays near the size of the result instead of result plus file. Mapped tensors must not have
     been written to before (released pages are re-read from the file, dropping private changes).
+
+    With `keep_mapped`, a tensor already on `device` in its target dtype is left as it is (a
+    memory-mapped one stays mapped: `clip.load(..., mmap=True)`); only the others are copied.
     """
 
     def convert(tensor: torch.Tensor) -> torch.Tensor:
-        return _owned_copy(tensor, device, dtype(tensor) if dtype is not None else tensor.dtype)
+        target = dtype(tensor) if dtype is not None else tensor.dtype
+        if keep_mapped and tensor.device == device and tensor.dtype == target:
+            return tensor
+        return _owned_copy(tensor, device, target)
 
     return module._apply(convert)

@@ -80,6 +80,7 @@ def load(
     *,
     dtype: Optional[torch.dtype] = None,
     quantize: Optional[str] = None,
+    mmap: bool = False,
 ) -> Tuple[torch.nn.Module, Callable[[Any], torch.Tensor]]:
     """Load a CLIP model and the image transform that goes with it.
 
@@ -104,6 +105,14 @@ def load(
         quantize: (keyword-only) "int8" for int8 inference on the CPU: every linear product of both
             towers with int8 weights and dynamically quantised activations (see `clip.quantize`).
             Default None. Only with jit=False, device "cpu" and dtype None or torch.float32.
+        mmap: (keyword-only) True keeps weights memory-mapped from the file instead of copying them
+            into memory of their own, where the file already stores them in the model's dtype (e.g.
+            an fp32 .safetensors file from `clip convert --dtype float32`, loaded with
+            dtype=torch.float32): loading then costs about the time to build the model. The mapping
+            is private (writing to the weights never writes the file), but the file must stay
+            unchanged and in place while the model is used. Weights that need converting are copied
+            as usual, with a warning saying how to avoid it. Default False. Only with jit=False and
+            device "cpu".
 
     Returns:
         (model, preprocess): the model in eval mode on `device`, and the torchvision transform
@@ -112,8 +121,9 @@ def load(
     Raises:
         RuntimeError: the name is neither a released model nor an existing file ("Model ... not
             found; available models = [...]"), or the device is not available.
-        ValueError: a malformed device string, an unsupported dtype or quantize value.
-        TypeError: `name`, `jit` or `download_root` of the wrong type.
+        ValueError: a malformed device string, an unsupported dtype or quantize value, mmap=True
+            with jit=True or a device other than the CPU.
+        TypeError: `name`, `jit`, `mmap` or `download_root` of the wrong type.
         CheckpointError: (a RuntimeError and ValueError) the file is not a usable CLIP checkpoint;
             the message says why and what to do. UnsafeCheckpointError if it asks to run code.
         DownloadError: the download failed or did not verify.
@@ -132,6 +142,7 @@ def load(
     target = _resolve_device(device)
     cast = _resolve_dtype(dtype, jit)
     check_quantize_request(quantize, jit, target, cast)
+    _check_mmap_request(mmap, jit, target)
     model_path = _resolve_path(name, download_root)
 
     if jit:
@@ -162,10 +173,48 @@ def load(
     del state_dict  # the model now holds the only references to the file's mapped tensors
     if cast is None and target.type == "cpu":
         cast = torch.float32  # fp16 matmuls are slow or missing on CPUs: the original's model.float()
-    materialize_(model, target, None if cast is None else _floating_to(cast))
+    if mmap:
+        _warn_unmapped(model, model_path, cast, dtype_given=dtype is not None)
+    materialize_(model, target, None if cast is None else _floating_to(cast), keep_mapped=mmap)
     if quantize is not None:
         quantize_(model)
     return model, _transform(model.visual.input_resolution)
+
+
+def _check_mmap_request(mmap: bool, jit: bool, device: torch.device) -> None:
+    """The checks `clip.load(..., mmap=...)` makes before reading anything."""
+    if not isinstance(mmap, bool):
+        raise TypeError(f"mmap must be True or False, not {mmap!r}")
+    if not mmap:
+        return
+    if jit:
+        raise ValueError("mmap=True is only supported with jit=False (the default): pass jit=False")
+    if device.type != "cpu":
+        raise ValueError(
+            f"mmap=True keeps the weights in the file's memory map, which only the CPU reads; got device "
+            f"{str(device)!r}. Pass device='cpu', or drop mmap=True (weights are then copied to the device)."
+        )
+
+
+def _warn_unmapped(model: torch.nn.Module, path: str, dtype: torch.dtype, dtype_given: bool) -> None:
+    """Warn, for mmap=True, when weights must be converted (copied) instead of staying mapped."""
+    tensors = [*model.parameters(), *model.buffers()]
+    converted = [t for t in tensors if t.is_floating_point() and t.dtype != dtype]
+    if not converted:
+        return
+    wanted = str(dtype).replace("torch.", "")
+    if dtype_given:
+        stored = " and ".join(sorted({str(t.dtype).replace("torch.", "") for t in converted}))
+        why = f"are stored as {stored}"
+    else:  # even a float32 file's weights are rounded through float16 first, as the original does
+        why = "take the release's float16 rounding (no dtype given)"
+    warnings.warn(
+        f"mmap=True: {len(converted)} of {len(tensors)} weights of {path} {why}, so they were converted "
+        f"to {wanted} in memory of their own; only weights already in the model's dtype stay "
+        f"memory-mapped. Load a {wanted} file with dtype=torch.{wanted}; to make one once: "
+        f"`clip convert {path} model-{wanted}.safetensors --dtype {wanted}`.",
+        stacklevel=3,
+    )
 
 
 def _floating_to(dtype: torch.dtype) -> Callable[[torch.Tensor], torch.dtype]:
