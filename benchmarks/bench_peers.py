@@ -236,6 +236,9 @@ class _Side:
 
     def tokenizer(self) -> Callable[[List[str]], Any]:
         if self.side == "ours":
+            # built here, untimed, as the peers' tokenizers are (open_clip's at import, transformers'
+            # just below): the cold rows then time empty caches, not the build
+            self.lib.clip.get_tokenizer()
             return lambda texts: self.lib.tokenize(texts, truncate=True)
         if self.side == "open_clip":
             return self.lib.tokenize
