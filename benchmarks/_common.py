@@ -39,6 +39,9 @@ def resolve_oracle(oracle: Optional[str] = None) -> str:
     """The folder holding the original `clip`: `oracle`, else $CLIP_ORACLE_PATH, else .oracle
     in the repository.
 
+    The result is absolute: the original's worker processes run in another working directory, where
+    a relative PYTHONPATH entry (`--oracle .oracle`) would find nothing and import our `clip`.
+
     Raises FileNotFoundError, with the install command, when the folder holds no original package.
     """
     oracle = oracle or os.environ.get(ORACLE_ENV_VAR) or DEFAULT_ORACLE
@@ -48,7 +51,7 @@ def resolve_oracle(oracle: Optional[str] = None) -> str:
             f"`{INSTALL_COMMAND.format(oracle=oracle)}`, then pass --oracle {oracle} or set "
             f"{ORACLE_ENV_VAR}."
         )
-    return oracle
+    return os.path.abspath(oracle)
 
 
 def _shim_dir() -> str:
