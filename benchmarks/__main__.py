@@ -409,8 +409,9 @@ def header_lines(machine: Dict[str, Any], options: Dict[str, Any], seconds: floa
                 ""
                 if supported
                 else " — torch's bf16 kernels here are generic ones, far below fp32; clip times them "
-                "against fp32 products (torch's fp32 kernels, or oneDNN with packed weights for linear "
-                "layers) and uses the fastest (rows: bf16 vs bf16 on torch's kernels)"
+                "against fp32 products (torch's fp32 kernels, oneDNN with packed weights for linear "
+                "layers and convolutions, 1x1 convolutions as matrix products) and uses the fastest "
+                "(rows: bf16 vs bf16 on torch's kernels)"
             )
         )
     return lines
@@ -442,8 +443,9 @@ def notes(options: Dict[str, Any]) -> List[str]:
         if not encode["info"]["mkldnn_bf16_supported"]:
             out.append(
                 "This CPU has no bf16 units: clip times torch's bf16 kernels against fp32 products "
-                "rounded to bf16 (on torch's fp32 kernels, or for linear layers on oneDNN with the weights "
-                "packed once) once per shape class and uses the fastest (clip/_bf16.py); the "
+                "rounded to bf16 (on torch's fp32 kernels; for linear layers and convolutions also on "
+                "oneDNN with the weights packed once; 1x1 convolutions also as matrix products) once per "
+                "shape class and uses the fastest (clip/_bf16.py); the "
                 "bf16-on-torch's-kernels rows show what torch's generic bf16 kernels do alone. The bf16 "
                 "roofline is the faster of torch's bf16 kernels and fp32 products (torch's fp32 kernels)."
             )

@@ -12,8 +12,9 @@ what `clip.load(..., device="cpu")` returns). Inputs: seeded images (N, 3, 224, 
   error is reported. Features are compared with our fp32 ones (cosine; goal >= 0.999).
 - autocast: the fp32 model under `torch.autocast("cpu", dtype=torch.bfloat16)`, ours and the original.
 - bf16-torch: as bf16, with `CLIP_CPU_BF16_KERNELS=torch`: torch's own bf16 kernels for every
-  product, where bf16 lets clip time them against fp32 products (torch's fp32 kernels, or oneDNN
-  with packed weights for linear layers) once per shape class and take the fastest
+  product, where bf16 lets clip time them against fp32 products (torch's fp32 kernels, oneDNN with
+  packed weights for linear layers and convolutions, 1x1 convolutions as matrix products) once per
+  shape class and take the fastest
   (clip/_bf16.py). Differs from bf16 where torch's kernels lose.
 
 On CPUs without native bf16 arithmetic (no AVX512-BF16 / AMX: `mkldnn bf16 supported: False` in
