@@ -626,15 +626,18 @@ def test_conv_ways_leave_other_layouts_and_options_to_the_fp32_way(
     monkeypatch.setenv(bf16.ENV_VAR, way)
     conv = _frozen_conv(8, 8, 1)
     same = _frozen_conv(8, 8, 1, padding="same")
+    three = _frozen_conv(8, 8, 3)  # stride 1, no padding, one group, but not 1x1
     x = torch.randn(2, 8, 5, 5).bfloat16()
     channels_last = x.contiguous(memory_format=torch.channels_last)
     with bf16.bf16_compute(torch.device("cpu"), torch.bfloat16):
         out_cl = conv(channels_last)  # torch keeps channels-last: so must we
         out_same = same(x)  # padding="same": a string, not a pair of ints
+        out_three = three(x) if way == bf16.MATMUL_CONV else _conv_fp32_way(three, x)
     assert out_cl.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out_cl, _conv_fp32_way(conv, channels_last), rtol=0, atol=0)
     expected = F.conv2d(x.float(), same.weight.float(), same.bias.float(), padding="same").bfloat16()
     torch.testing.assert_close(out_same, expected, rtol=0, atol=0)
+    torch.testing.assert_close(out_three, _conv_fp32_way(three, x), rtol=0, atol=0)  # not a matmul
     assert not bf16._packed and {id(conv.weight), id(same.weight)} <= set(bf16._widened)
 
 
