@@ -339,23 +339,29 @@ def test_the_real_measurement_decides_and_is_cheap(monkeypatch: pytest.MonkeyPat
     assert list(bf16.decisions().values()) in ([bf16.TORCH_KERNELS], [bf16.FP32_PRODUCTS])
 
 
-def test_the_real_measurement_times_the_onednn_way_for_linear_layers() -> None:
-    _needs_onednn_packing(bf16.ONEDNN_FP32)
-    layer = torch.nn.Linear(768, 768).to(torch.bfloat16).requires_grad_(False)
-    x = _linear_operands(64, k=768)[0]
-    timed: List[str] = []
+def _measured_call(layer: torch.nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, List[List[str]]]:
+    """`layer(x)` with the real measurement deciding; also the ways each measurement timed."""
+    timed: List[List[str]] = []
     measure = bf16._measure
 
     def spy(runs: Dict[str, Callable[[], Any]]) -> Dict[str, float]:
-        timed.extend(runs)
+        timed.append(sorted(runs))
         return measure(runs)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.delenv(bf16.ENV_VAR, raising=False)
         patch.setattr(bf16, "_measure", spy)
         with bf16.bf16_compute(torch.device("cpu"), torch.bfloat16):
-            ours = layer(x)
-    assert sorted(timed) == sorted([bf16.TORCH_KERNELS, bf16.FP32_PRODUCTS, bf16.ONEDNN_FP32])
+            return layer(x), timed
+
+
+def test_the_real_measurement_times_the_onednn_way_for_linear_layers() -> None:
+    _needs_onednn_packing(bf16.ONEDNN_FP32)
+    layer = torch.nn.Linear(768, 768).to(torch.bfloat16).requires_grad_(False)
+    x = _linear_operands(64, k=768)[0]
+    ours, measured = _measured_call(layer, x)
+    (timed,) = measured
+    assert timed == sorted([bf16.TORCH_KERNELS, bf16.FP32_PRODUCTS, bf16.ONEDNN_FP32])
     assert list(bf16.decisions().values())[0] in timed
     exact = F.linear(x.double(), layer.weight.double(), layer.bias.double())
     torch.testing.assert_close(ours.double(), exact, rtol=2**-8, atol=1e-6)
@@ -680,18 +686,7 @@ def test_a_packed_conv_weight_is_packed_again_for_other_options(
 def test_the_real_measurement_times_every_conv_way_it_can_take() -> None:
     conv = _frozen_conv(32, 64, 1)
     x = torch.randn(1, 32, 14, 14).bfloat16()
-    timed: List[List[str]] = []
-    measure = bf16._measure
-
-    def spy(runs: Dict[str, Callable[[], Any]]) -> Dict[str, float]:
-        timed.append(sorted(runs))
-        return measure(runs)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.delenv(bf16.ENV_VAR, raising=False)
-        patch.setattr(bf16, "_measure", spy)
-        with bf16.bf16_compute(torch.device("cpu"), torch.bfloat16):
-            out = conv(x)
+    out, timed = _measured_call(conv, x)
     ways = [bf16.FP32_PRODUCTS, bf16.MATMUL_CONV, bf16.TORCH_KERNELS]
     if bf16._onednn_conv_packing():
         ways.append(bf16.ONEDNN_FP32)
