@@ -4,7 +4,7 @@ Whether torch's bf16 matrix kernels beat fp32 depends on the CPU, and the flag t
 (`torch.ops.mkldnn._is_mkldnn_bf16_supported()`) does not tell: on CPUs without AVX512-BF16 or AMX
 torch falls back to generic kernels several times slower than fp32, and even some CPUs with
 AVX512-BF16 run bf16 products at about half the fp32 rate. This module computes each bf16 matrix
-product one of three ways:
+product one of four ways:
 
 - "torch": torch's own bf16 kernels;
 - "fp32": bf16 operands widened to fp32 (exact), multiplied by torch's fp32 kernels, the result

@@ -24,9 +24,8 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 TARGETS = ("safetensors", "hf")
-RELEASE_DTYPES = (
-    "release"  # --dtype default: the release's own dtypes (fp16 weights, fp32 where it keeps fp32)
-)
+# --dtype's default: the release's own dtypes (fp16 weights, fp32 where the release keeps fp32)
+RELEASE_DTYPES = "release"
 DTYPES = (RELEASE_DTYPES, "float32", "float16", "bfloat16")
 HF_WEIGHTS_FILE = "model.safetensors"
 HF_CONFIG_FILE = "config.json"
