@@ -303,6 +303,18 @@ def _best_of(run: Callable[[], Any], passes: int) -> float:
     return best
 
 
+def _median_load(load: Callable[[], Any], repeats: int) -> Tuple[float, Any]:
+    """The median seconds of `repeats` calls of `load`, and the last model (each one is dropped
+    before the next load, so that one model at a time is in memory)."""
+    times, model = [], None
+    for _ in range(repeats):
+        model = None
+        start = time.perf_counter()
+        model = load()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), model
+
+
 def _worker(args: argparse.Namespace) -> None:
     import torch
 
@@ -311,20 +323,14 @@ def _worker(args: argparse.Namespace) -> None:
     side = _Side(args.worker, Path(args.archive), Path(args.hf_folder))
     out: Dict[str, Any] = {"side": args.worker, "rows": {}}
     rows = out["rows"]
-    load_times = []
-    for _ in range(args.load_repeats):
-        start = time.perf_counter()
-        model = side.load()
-        load_times.append(time.perf_counter() - start)
-    rows["load_s"] = statistics.median(load_times)
+    rows["load_s"], model = _median_load(side.load, args.load_repeats)
     if args.worker == "ours":  # weights left memory-mapped from an fp32 file
-        mapped_times = []
-        for _ in range(args.load_repeats):
-            del model
-            start = time.perf_counter()
-            model = side.lib.load(args.fp32_file, device="cpu", dtype=torch.float32, mmap=True)[0]
-            mapped_times.append(time.perf_counter() - start)
-        rows["load_mmap_s"] = statistics.median(mapped_times)
+        del model
+
+        def mapped() -> Any:
+            return side.lib.load(args.fp32_file, device="cpu", dtype=torch.float32, mmap=True)[0]
+
+        rows["load_mmap_s"], model = _median_load(mapped, args.load_repeats)
     model = model.float().eval()
 
     inputs = torch.load(args.inputs)

@@ -302,9 +302,14 @@ def _onednn_operands(
     )
     if not (isinstance(weight, torch.Tensor) and weight.dim() == 2 and _keeps_widened(weight)):
         return None
-    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in (x, bias)):
+    if _records_grad(x, bias):
         return None
     return (x, weight, bias) if _onednn_packing() else None
+
+
+def _records_grad(*operands: Any) -> bool:
+    """Whether autograd records through any of these operands (oneDNN's fused ops have no backward)."""
+    return torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in operands)
 
 
 def _run_onednn(func: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, Any], keep: bool) -> Any:
@@ -382,9 +387,7 @@ def _onednn_conv_operands(
     if conv is None:
         return None
     x, weight, bias, _ = conv
-    if not _keeps_widened(weight):
-        return None
-    if torch.is_grad_enabled() and any(isinstance(t, torch.Tensor) and t.requires_grad for t in (x, bias)):
+    if not _keeps_widened(weight) or _records_grad(x, bias):
         return None
     return conv if _onednn_conv_packing() else None
 
@@ -446,55 +449,58 @@ _RUNS: Dict[str, Callable[..., Any]] = {
     MATMUL_CONV: _run_matmul,
 }
 
-_packing_works: Optional[bool] = None  # whether oneDNN's packed fp32 linear runs and is right here
-_conv_packing_works: Optional[bool] = None  # the same for its packed fp32 convolution
+# Whether oneDNN's private packed-weight ops run and are right on this torch: check name -> answer,
+# each checked once, on first use, against torch's own op (any failure means no).
+_self_checks: Dict[str, bool] = {}
+
+
+def _passes(name: str, check: Callable[[], bool]) -> bool:
+    answer = _self_checks.get(name)
+    if answer is None:
+        try:
+            answer = bool(torch.backends.mkldnn.is_available() and check())
+        except (AttributeError, RuntimeError, TypeError):
+            answer = False
+        _self_checks[name] = answer
+    return answer
+
+
+def _linear_packing_check() -> bool:
+    weight = torch.linspace(-1, 1, 24 * 16).reshape(24, 16)
+    x, bias = torch.linspace(-2, 2, 3 * 16).reshape(3, 16), torch.linspace(0, 1, 24)
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+    out = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    return out.shape == (3, 24) and torch.allclose(out, F.linear(x, weight, bias), rtol=1e-4, atol=1e-4)
+
+
+def _conv_packing_check() -> bool:
+    """A strided, padded, grouped convolution and a 1x1 one, against F.conv2d."""
+    x = torch.linspace(-2, 2, 2 * 4 * 7 * 6).reshape(2, 4, 7, 6)
+    for shape, options in (
+        ((6, 2, 3, 3), ([2, 1], [1, 1], [1, 1], 2)),
+        ((5, 4, 1, 1), ([1, 1], [0, 0], [1, 1], 1)),
+    ):
+        weight = torch.linspace(-1, 1, torch.Size(shape).numel()).reshape(shape)
+        bias = torch.linspace(0, 1, shape[0])
+        stride, padding, dilation, groups = options
+        packed = torch.ops.mkldnn._reorder_convolution_weight(
+            weight, padding, stride, dilation, groups, list(x.shape)
+        )
+        out = _packed_conv(x, packed, bias, options)
+        want = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+        if out.shape != want.shape or not torch.allclose(out, want, rtol=1e-4, atol=1e-4):
+            return False
+    return True
 
 
 def _onednn_packing() -> bool:
-    """Whether this torch can pack a weight for oneDNN and multiply with it correctly (checked once on
-    a small product against F.linear; private torch ops, so any failure means no)."""
-    global _packing_works
-    if _packing_works is None:
-        try:
-            weight = torch.linspace(-1, 1, 24 * 16).reshape(24, 16)
-            x, bias = torch.linspace(-2, 2, 3 * 16).reshape(3, 16), torch.linspace(0, 1, 24)
-            packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
-            out = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
-            _packing_works = bool(
-                torch.backends.mkldnn.is_available()
-                and out.shape == (3, 24)
-                and torch.allclose(out, F.linear(x, weight, bias), rtol=1e-4, atol=1e-4)
-            )
-        except (AttributeError, RuntimeError, TypeError):
-            _packing_works = False
-    return _packing_works
+    """Whether this torch can pack a linear weight for oneDNN and multiply with it correctly."""
+    return _passes("linear", _linear_packing_check)
 
 
 def _onednn_conv_packing() -> bool:
-    """Whether this torch can pack a convolution weight for oneDNN and convolve with it correctly
-    (checked once, against F.conv2d, on a strided, padded, grouped convolution and a 1x1 one)."""
-    global _conv_packing_works
-    if _conv_packing_works is None:
-        try:
-            ok = torch.backends.mkldnn.is_available()
-            x = torch.linspace(-2, 2, 2 * 4 * 7 * 6).reshape(2, 4, 7, 6)
-            for shape, options in (
-                ((6, 2, 3, 3), ([2, 1], [1, 1], [1, 1], 2)),
-                ((5, 4, 1, 1), ([1, 1], [0, 0], [1, 1], 1)),
-            ):
-                weight = torch.linspace(-1, 1, torch.Size(shape).numel()).reshape(shape)
-                bias = torch.linspace(0, 1, shape[0])
-                stride, padding, dilation, groups = options
-                packed = torch.ops.mkldnn._reorder_convolution_weight(
-                    weight, padding, stride, dilation, groups, list(x.shape)
-                )
-                out = _packed_conv(x, packed, bias, options)
-                want = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-                ok = ok and out.shape == want.shape and torch.allclose(out, want, rtol=1e-4, atol=1e-4)
-            _conv_packing_works = bool(ok)
-        except (AttributeError, RuntimeError, TypeError):
-            _conv_packing_works = False
-    return _conv_packing_works
+    """Whether this torch can pack a convolution weight for oneDNN and convolve with it correctly."""
+    return _passes("conv2d", _conv_packing_check)
 
 
 def _keeps_widened(value: Any) -> bool:

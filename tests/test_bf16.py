@@ -578,8 +578,8 @@ def test_onednn_way_falls_back_where_packing_fails(
     monkeypatch.setenv(bf16.ENV_VAR, bf16.FP32_PRODUCTS)
     fp32_way = _encode(model, "image", images)
     monkeypatch.setenv(bf16.ENV_VAR, bf16.ONEDNN_FP32)
-    monkeypatch.setattr(bf16, "_packing_works", False)  # as on a torch without mkldnn's private ops
-    monkeypatch.setattr(bf16, "_conv_packing_works", False)
+    monkeypatch.setitem(bf16._self_checks, "linear", False)  # as on a torch without mkldnn's private ops
+    monkeypatch.setitem(bf16._self_checks, "conv2d", False)
     torch.testing.assert_close(_encode(model, "image", images), fp32_way, rtol=0, atol=0)
     assert not bf16._packed
 
