@@ -55,6 +55,12 @@ def _needs_onednn_packing(way: str) -> None:
         pytest.skip("this torch cannot pack fp32 weights for oneDNN (no mkldnn build or private ops)")
 
 
+def _force(way: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every product `way` where it can go (CLIP_CPU_BF16_KERNELS); skipped where this torch cannot."""
+    _needs_onednn_packing(way)
+    monkeypatch.setenv(bf16.ENV_VAR, way)
+
+
 @pytest.fixture(scope="module")
 def models() -> Dict[str, Dict[str, torch.nn.Module]]:
     out = {}
@@ -477,8 +483,7 @@ def _counting(func: Callable[..., Any], calls: List[int]) -> Callable[..., Any]:
 def test_a_changed_or_dead_weight_is_widened_again(
     way: str, no_widened: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _needs_onednn_packing(way)
-    monkeypatch.setenv(bf16.ENV_VAR, way)
+    _force(way, monkeypatch)
     kept = bf16._widened if way == bf16.FP32_PRODUCTS else bf16._packed
     tolerance = 0 if way == bf16.FP32_PRODUCTS else 2**-7  # oneDNN sums in another order: 1 bf16 ulp
     layer = torch.nn.Linear(16, 8).to(torch.bfloat16).requires_grad_(False)
@@ -603,8 +608,7 @@ def _frozen_conv(*args: Any, **kwargs: Any) -> torch.nn.Conv2d:
 def test_conv_ways_match_the_fp32_way_in_torchs_layout(
     way: str, bias: bool, batch: int, no_widened: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _needs_onednn_packing(way)
-    monkeypatch.setenv(bf16.ENV_VAR, way)
+    _force(way, monkeypatch)
     one_by_one = _frozen_conv(24, 40, 1, bias=bias)
     strided = _frozen_conv(24, 16, 3, stride=2, padding=1, bias=bias)
     x = torch.randn(batch, 24, 9, 11).bfloat16()
@@ -628,8 +632,7 @@ def test_conv_ways_match_the_fp32_way_in_torchs_layout(
 def test_conv_ways_leave_other_layouts_and_options_to_the_fp32_way(
     way: str, no_widened: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _needs_onednn_packing(way)
-    monkeypatch.setenv(bf16.ENV_VAR, way)
+    _force(way, monkeypatch)
     conv = _frozen_conv(8, 8, 1)
     same = _frozen_conv(8, 8, 1, padding="same")
     three = _frozen_conv(8, 8, 3)  # stride 1, no padding, one group, but not 1x1
