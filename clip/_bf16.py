@@ -24,9 +24,10 @@ fp32 models keep torch's own products, so their numbers stay the original's.
 
 The choice is made by measurement, once per process and shape class (the kind of product, its
 non-batch dimensions and its batch size rounded up to a power of two, capped): the first product of
-a class is timed each way it can take on a slice of at most 256 rows (a few milliseconds where all
-ways are fast; about one run of a slow way, a one-off cost of a fraction of a second per class on
-CPUs with slow bf16 kernels), the fastest is cached (thread-safe) and used from then on. Nothing is
+a class is timed each way it can take on a slice of at most 256 rows (the close ways in paired
+rounds, about 20-60 ms per class; about one run of a slow way, a one-off cost of a fraction of a
+second per class on CPUs with slow bf16 kernels), the fastest is cached (thread-safe) and used from
+then on. Nothing is
 measured at import, nor while torch.jit.trace, torch.compile or torch.export trace the model: there a
 cached decision is used ("onednn" as "fp32": the packed weights are eager-only), or, for a class not
 measured yet, the oneDNN flag (fp32 products when it reports no bf16 support).
@@ -42,6 +43,7 @@ the measurement decides.
 
 import contextlib
 import os
+import statistics
 import threading
 import time
 import warnings
@@ -84,8 +86,14 @@ _BIAS_FIRST = frozenset({torch.addmm, torch.baddbmm})  # (input, mat1, mat2): th
 MEASURE_GEMM_ROWS = 256  # rows of the (M, K) x (K, N) product; larger M share one class
 MEASURE_CONV_IMAGES = 1
 MEASURE_ATTENTION_BATCH = 2
-MEASURE_REPEATS = 2  # more timed runs of each close way after its first; the fastest counts
 CLEAR_WIN = 1.5  # a way whose first timing is this many times the fastest's is not run again
+# The ways left close run in rounds, each once a round: at least MEASURE_MIN_ROUNDS rounds, then more
+# until the rounds have taken MEASURE_BUDGET_S or there are MEASURE_MAX_ROUNDS. Small products, whose
+# timings are the noisiest, get the most rounds: about 7 for a text layer at batch 1 (~1.5 ms a run),
+# 3 for ViT-B/32's MLP on 256 rows (~12 ms a run).
+MEASURE_MIN_ROUNDS = 3
+MEASURE_MAX_ROUNDS = 9
+MEASURE_BUDGET_S = 0.02
 
 _native_bf16: Optional[bool] = None  # asked once, on first use
 _decisions: Dict[Tuple[Any, ...], str] = {}  # shape class -> the faster way
@@ -610,11 +618,16 @@ def _seconds(run: Callable[[], Any]) -> float:
 
 
 def _measure(runs: Dict[str, Callable[[], Any]]) -> Dict[str, float]:
-    """Seconds each way takes (way -> the fastest of a few runs).
+    """Seconds each way takes (way -> its typical time; the lowest is the fastest way).
 
-    An fp32 way runs once untimed first (it makes its kept weights then); torch's first run counts,
-    as an upper bound. A way whose first time is CLEAR_WIN times the best is not run again, so a slow
-    way costs about one run.
+    Each way runs once timed (an fp32 way after an untimed warm-up that makes its kept weights; torch's
+    first run counts, as an upper bound). A way CLEAR_WIN times slower than the fastest is out, so a
+    slow way costs about one run. The ways left close then run in paired rounds, each way once a
+    round in a rotating order, and a way's figure is the median over rounds of its time relative to
+    the round's fastest (times that fastest's median time). Paired rounds cancel the machine's drift
+    (another process starting on a busy core), which the fastest of three runs each did not: on a
+    2-core VM it chose the slower way for some of a text layer's products in up to 43% of processes
+    (at most 8% with the paired rounds).
     """
     times: Dict[str, float] = {}
     for way, run in runs.items():
@@ -623,10 +636,19 @@ def _measure(runs: Dict[str, Callable[[], Any]]) -> Dict[str, float]:
         times[way] = _seconds(run)
     best = min(times.values())
     close = [way for way, seconds in times.items() if seconds <= CLEAR_WIN * best]
-    if len(close) > 1:
-        for _ in range(MEASURE_REPEATS):
-            for way in close:
-                times[way] = min(times[way], _seconds(runs[way]))
+    if len(close) < 2:
+        return times
+    rounds: List[Dict[str, float]] = []
+    spent = 0.0
+    while len(rounds) < MEASURE_MAX_ROUNDS and (len(rounds) < MEASURE_MIN_ROUNDS or spent < MEASURE_BUDGET_S):
+        shift = len(rounds) % len(close)
+        timed = {way: _seconds(runs[way]) for way in close[shift:] + close[:shift]}
+        spent += sum(timed.values())
+        rounds.append(timed)
+    fastest = [max(min(timed.values()), 1e-9) for timed in rounds]  # 1 ns: a coarse clock's zero
+    typical = statistics.median(fastest)
+    for way in close:
+        times[way] = typical * statistics.median([timed[way] / low for timed, low in zip(rounds, fastest)])
     return times
 
 

@@ -304,6 +304,59 @@ def test_the_measured_winner_is_used_and_cached_per_shape_class(
     assert len(calls) == 4
 
 
+def _scripted_runs(
+    times: Dict[str, List[float]], monkeypatch: pytest.MonkeyPatch
+) -> Tuple[Dict[str, Callable[[], Any]], List[str]]:
+    """Runs for `_measure` whose timings come from `times` (way -> its runs' seconds, in order, the
+    untimed warm-up of a non-torch way first); also the order in which the ways ran."""
+    order: List[str] = []
+    left = {way: iter(seconds) for way, seconds in times.items()}
+    runs = {way: (lambda way=way: order.append(way) or way) for way in times}
+    monkeypatch.setattr(bf16, "_seconds", lambda run: next(left[run()]))
+    return runs, order
+
+
+def test_a_lucky_run_does_not_win_the_measurement(monkeypatch: pytest.MonkeyPatch) -> None:
+    # fp32 is 10% slower in every round but one, where the machine happened to be quiet for it
+    fp32 = [9.0, 1.1, 1.1, 0.6, 1.1, 1.1]
+    onednn = [9.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    monkeypatch.setattr(bf16, "MEASURE_BUDGET_S", 0.0)
+    runs, _ = _scripted_runs(
+        {bf16.FP32_PRODUCTS: fp32, bf16.ONEDNN_FP32: onednn, bf16.TORCH_KERNELS: [5.0]}, monkeypatch
+    )
+    times = bf16._measure(runs)
+    assert min(times, key=times.__getitem__) == bf16.ONEDNN_FP32
+    assert times[bf16.FP32_PRODUCTS] == pytest.approx(1.1) and times[bf16.ONEDNN_FP32] == pytest.approx(1.0)
+
+
+def test_paired_rounds_see_through_the_machine_slowing_down(monkeypatch: pytest.MonkeyPatch) -> None:
+    # onednn's first timing falls in a quiet moment; then another process starts and every run takes
+    # about three times as long, but within each round fp32 stays 20% faster than onednn
+    fp32 = [9.0, 1.4, 2.4, 2.4, 2.4]
+    onednn = [9.0, 1.0, 3.0, 3.0, 3.0]
+    monkeypatch.setattr(bf16, "MEASURE_BUDGET_S", 0.0)
+    runs, _ = _scripted_runs({bf16.FP32_PRODUCTS: fp32, bf16.ONEDNN_FP32: onednn}, monkeypatch)
+    times = bf16._measure(runs)
+    assert times[bf16.FP32_PRODUCTS] < times[bf16.ONEDNN_FP32]
+
+
+def test_rounds_alternate_and_stop_at_the_budget_or_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    fast, slow = bf16.FP32_PRODUCTS, bf16.TORCH_KERNELS
+    many = [0.001] * (bf16.MEASURE_MAX_ROUNDS + 2)
+    # fast products: rounds go on to the cap; torch, CLEAR_WIN times slower, runs once
+    runs, order = _scripted_runs({fast: many, bf16.ONEDNN_FP32: many, slow: [0.01]}, monkeypatch)
+    bf16._measure(runs)
+    assert order.count(slow) == 1
+    assert order.count(fast) == order.count(bf16.ONEDNN_FP32) == 2 + bf16.MEASURE_MAX_ROUNDS
+    rounds = order[5:]  # after the warm-ups and first timings
+    assert rounds[:2] != rounds[2:4]  # the order rotates from round to round
+    # slow products: the budget is spent after the first rounds, which are at least MEASURE_MIN_ROUNDS
+    slow_runs = [bf16.MEASURE_BUDGET_S] * (bf16.MEASURE_MAX_ROUNDS + 2)
+    runs, order = _scripted_runs({fast: slow_runs, bf16.ONEDNN_FP32: slow_runs}, monkeypatch)
+    bf16._measure(runs)
+    assert order.count(fast) == 2 + bf16.MEASURE_MIN_ROUNDS
+
+
 def test_large_batches_share_the_measured_class(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(bf16.ENV_VAR, raising=False)
     calls: List[int] = []
