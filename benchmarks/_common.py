@@ -92,6 +92,36 @@ def side_env(side: str, oracle: str) -> Tuple[Dict[str, str], str]:
     raise ValueError(f"side must be 'original' or 'ours', got {side!r}")
 
 
+# glibc's malloc adjusts its mmap threshold as a process runs, and returns freed memory at the top of
+# its heaps to the kernel past a trim threshold. Which state a process lands in depends on the order
+# of its first allocations: measured here over 12 fresh processes encoding ViT-B/32 images at batch
+# 32, 5 page-faulted 300-700 MB back on every call and ran 10-15% slower, ours and the original's
+# alike. That process lottery, not the code, decided several rows. So the compute benchmarks give
+# every side the same fixed settings (both are needed: either alone disables the adjustment and
+# every large tensor is mapped afresh, 1.6 GB of faults a call). A variable the caller has set is
+# kept; CLIP_BENCH_MALLOC=default keeps glibc's own behaviour. Other C libraries ignore them.
+STEADY_MALLOC = {
+    "MALLOC_MMAP_THRESHOLD_": str(32 * 1024 * 1024),  # glibc's largest dynamic threshold
+    "MALLOC_TRIM_THRESHOLD_": str(4 * 1024**3),
+}
+MALLOC_ENV_VAR = "CLIP_BENCH_MALLOC"
+
+
+def steady_malloc(env: Dict[str, str]) -> Dict[str, str]:
+    """`env` with STEADY_MALLOC added (a new dict), unless CLIP_BENCH_MALLOC=default is set in it."""
+    if env.get(MALLOC_ENV_VAR, "").strip().lower() == "default":
+        return dict(env)
+    return {**STEADY_MALLOC, **env}
+
+
+def malloc_note(env: Dict[str, str]) -> str:
+    """What a worker with environment `env` was told about its allocator, for a results header."""
+    chosen = [f"{name}={env[name]}" for name in STEADY_MALLOC if name in env]
+    if not chosen:
+        return "glibc defaults (CLIP_BENCH_MALLOC=default)"
+    return " ".join(chosen) + " for every side's process (see benchmarks/_common.py: STEADY_MALLOC)"
+
+
 def check_imported_from(module_file: str, root: str) -> None:
     """Exit the (worker) process if `clip` was imported from outside `root`: the wrong side ran."""
     if Path(root).resolve() not in Path(module_file).resolve().parents:

@@ -230,6 +230,7 @@ class _Side:
     def __init__(self, side: str, oracle: str, inputs: Path, threads: int) -> None:
         self.side = side
         env, cwd = _common.side_env(side, oracle)
+        env = _common.steady_malloc(env)  # the same allocator settings for both sides
         root = oracle if side == "original" else str(_common.REPO)
         command = [
             sys.executable,

@@ -393,6 +393,7 @@ def available_sides(sides: Sequence[str]) -> Dict[str, Optional[str]]:
 
 def _run_worker(side: str, options: Dict[str, Any]) -> Dict[str, Any]:
     env, _ = _common.ours_env()  # peers import our clip only for the conversion and the vocabulary
+    env = _common.steady_malloc(env)  # the same allocator settings for every side
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", side]
     for key in ("archive", "hf_folder", "fp32_file", "inputs", "captions", "images", "outdir"):
         command += [f"--{key.replace('_', '-')}", str(options[key])]
@@ -501,6 +502,7 @@ def run(
         "passes": passes,
         "captions": captions,
         "images": PREPROCESS_IMAGES,
+        "malloc": _common.malloc_note(_common.steady_malloc(dict(os.environ))),
     }
 
 
@@ -665,7 +667,8 @@ def markdown(result: Dict[str, Any]) -> str:
         "CPU flags: "
         + ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in named)
         + f" (all found: {' '.join(flags) or 'none'}). Best of {result['rounds']} alternating run(s) "
-        f"per side, {result['passes']} timed pass(es) each."
+        f"per side, {result['passes']} timed pass(es) each. "
+        f"Allocator: {result.get('malloc', 'not recorded')}."
         + "".join(f" {side}: skipped, {why}." for side, why in result["skipped"].items()),
         "",
         "| " + " | ".join(COLUMNS) + " |",

@@ -1,5 +1,6 @@
 """The benchmark harness's own logic (no timing): where it finds the original, how it scores rows."""
 
+import subprocess
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -56,3 +57,40 @@ def test_the_mmap_load_row_compares_with_transformers(theirs: float, met: str) -
 def test_the_mmap_load_row_without_transformers_has_no_verdict() -> None:
     row = _mmap_row(peers.table_rows(_result({"ours": 0.5}, mapped=0.1)))
     assert row["Met"] == "" and "Ours / transformers" not in row
+
+
+def test_compute_workers_get_the_same_steady_allocator_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(common.MALLOC_ENV_VAR, raising=False)
+    for name in common.STEADY_MALLOC:
+        monkeypatch.delenv(name, raising=False)
+    base = {"PATH": "/bin"}
+    env = common.steady_malloc(base)
+    assert base == {"PATH": "/bin"}  # the caller's dict is not changed
+    # both are set: either alone turns glibc's dynamic threshold off and maps every large tensor afresh
+    assert {name: env[name] for name in common.STEADY_MALLOC} == common.STEADY_MALLOC
+    assert "MALLOC_TRIM_THRESHOLD_" in env and "MALLOC_MMAP_THRESHOLD_" in env
+    assert "every side" in common.malloc_note(env)
+    # a value the caller set is kept; CLIP_BENCH_MALLOC=default keeps glibc's own behaviour
+    assert common.steady_malloc({"MALLOC_TRIM_THRESHOLD_": "1"})["MALLOC_TRIM_THRESHOLD_"] == "1"
+    plain = common.steady_malloc({common.MALLOC_ENV_VAR: "default"})
+    assert not set(common.STEADY_MALLOC) & set(plain)
+    assert "glibc defaults" in common.malloc_note(plain)
+
+
+def test_the_peers_workers_run_with_the_steady_allocator(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(common.MALLOC_ENV_VAR, raising=False)
+    for name in common.STEADY_MALLOC:
+        monkeypatch.delenv(name, raising=False)
+    seen: List[Dict[str, str]] = []
+
+    def run(command: List[str], **kwargs: Any) -> Any:
+        seen.append(kwargs["env"])
+        return subprocess.CompletedProcess(command, 0, stdout='{"side": "ours", "rows": {}}\n', stderr="")
+
+    monkeypatch.setattr(peers.subprocess, "run", run)
+    paths = ("archive", "hf_folder", "fp32_file", "inputs", "captions", "images", "outdir")
+    options: Dict[str, Any] = {key: "x" for key in paths}
+    options.update(passes=1, load_repeats=1, modes=["fp32"], batches=[1], threads=0)
+    assert peers._run_worker("ours", options) == {"side": "ours", "rows": {}}
+    (env,) = seen
+    assert {name: env[name] for name in common.STEADY_MALLOC} == common.STEADY_MALLOC
