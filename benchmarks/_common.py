@@ -94,8 +94,8 @@ def side_env(side: str, oracle: str) -> Tuple[Dict[str, str], str]:
 
 # glibc's malloc adjusts its mmap threshold as a process runs, and returns freed memory at the top of
 # its heaps to the kernel past a trim threshold. Which state a process lands in depends on the order
-# of its first allocations: measured here over 12 fresh processes encoding ViT-B/32 images at batch
-# 32, 5 page-faulted 300-700 MB back on every call and ran 10-15% slower, ours and the original's
+# of its first allocations: measured here over 21 fresh processes encoding ViT-B/32 images at batch
+# 32, 5 page-faulted 300-700 MB back on every call and ran 10-20% slower, ours and the original's
 # alike. That process lottery, not the code, decided several rows. So the compute benchmarks give
 # every side the same fixed settings (both are needed: either alone disables the adjustment and
 # every large tensor is mapped afresh, 1.6 GB of faults a call). A variable the caller has set is
