@@ -400,8 +400,7 @@ def header_lines(machine: Dict[str, Any], options: Dict[str, Any], seconds: floa
         f"- GPU: {'available, not used' if machine['cuda_available'] else 'none'}; every row runs on the CPU",
         f"- 1-minute load average before/after: {load[0]:.2f} / {load[1]:.2f} "
         "(other processes share this machine: passes alternate between the sides and the best pass counts)",
-        "- Allocator in the encode and peers workers: "
-        + _common.malloc_note(_common.steady_malloc(dict(os.environ))),
+        "- Allocator in the encode and peers workers: " + _common.workers_malloc_note(),
     ]
     if info:
         supported = info["mkldnn_bf16_supported"]

@@ -114,6 +114,11 @@ def steady_malloc(env: Dict[str, str]) -> Dict[str, str]:
     return {**STEADY_MALLOC, **env}
 
 
+def workers_malloc_note() -> str:
+    """`malloc_note` for the compute workers this process starts (the results headers' line)."""
+    return malloc_note(steady_malloc(dict(os.environ)))
+
+
 def malloc_note(env: Dict[str, str]) -> str:
     """What a worker with environment `env` was told about its allocator, for a results header."""
     chosen = [f"{name}={env[name]}" for name in STEADY_MALLOC if name in env]

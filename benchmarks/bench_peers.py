@@ -502,7 +502,7 @@ def run(
         "passes": passes,
         "captions": captions,
         "images": PREPROCESS_IMAGES,
-        "malloc": _common.malloc_note(_common.steady_malloc(dict(os.environ))),
+        "malloc": _common.workers_malloc_note(),
     }
 
 

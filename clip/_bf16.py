@@ -27,10 +27,10 @@ non-batch dimensions and its batch size rounded up to a power of two, capped): t
 a class is timed each way it can take on a slice of at most 256 rows (the close ways in paired
 rounds, about 20-60 ms per class; about one run of a slow way, a one-off cost of a fraction of a
 second per class on CPUs with slow bf16 kernels), the fastest is cached (thread-safe) and used from
-then on. Nothing is
-measured at import, nor while torch.jit.trace, torch.compile or torch.export trace the model: there a
-cached decision is used ("onednn" as "fp32": the packed weights are eager-only), or, for a class not
-measured yet, the oneDNN flag (fp32 products when it reports no bf16 support).
+then on. Nothing is measured at import, nor while torch.jit.trace, torch.compile or torch.export
+trace the model: there a cached decision is used ("onednn" as "fp32": the packed weights are
+eager-only), or, for a class not measured yet, the oneDNN flag (fp32 products when it reports no
+bf16 support).
 
 The CLIP model enters `bf16_compute(...)` around its encoders. It does something only when the input
 is on the CPU and the model's weights are bf16 or bf16 autocast is enabled for the CPU; otherwise it

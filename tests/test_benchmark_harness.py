@@ -70,6 +70,7 @@ def test_compute_workers_get_the_same_steady_allocator_settings(monkeypatch: pyt
     assert {name: env[name] for name in common.STEADY_MALLOC} == common.STEADY_MALLOC
     assert "MALLOC_TRIM_THRESHOLD_" in env and "MALLOC_MMAP_THRESHOLD_" in env
     assert "every side" in common.malloc_note(env)
+    assert common.workers_malloc_note() == common.malloc_note(common.steady_malloc({}))  # the headers' line
     # a value the caller set is kept; CLIP_BENCH_MALLOC=default keeps glibc's own behaviour
     assert common.steady_malloc({"MALLOC_TRIM_THRESHOLD_": "1"})["MALLOC_TRIM_THRESHOLD_"] == "1"
     plain = common.steady_malloc({common.MALLOC_ENV_VAR: "default"})
