@@ -1,5 +1,6 @@
 """Packaging for `clip`: a drop-in, faithful mirror of OpenAI's CLIP release."""
 
+import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -23,6 +24,13 @@ TEST_REQUIREMENTS = [
 ]
 
 
+def read_long_description() -> str:
+    """The README for PyPI, where links into the repository (docs/...) would not resolve: such
+    relative links become their plain text, which names the page; absolute links stay."""
+    readme = (HERE / "README.md").read_text(encoding="utf-8")
+    return re.sub(r"\[([^\]]*)\]\((?![a-z][a-z0-9+.-]*:|#)[^)]*\)", r"\1", readme)
+
+
 def read_requirements() -> list:
     lines = (HERE / "requirements.txt").read_text(encoding="utf-8").splitlines()
     return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
@@ -32,7 +40,7 @@ setup(
     name="clip-faithful",  # PyPI's "clip" is an unrelated package; the import name stays `clip`
     version="1.0.0",
     description="Faithful, drop-in mirror of OpenAI's CLIP with safer, faster loading and tokenizing",
-    long_description=(HERE / "README.md").read_text(encoding="utf-8"),
+    long_description=read_long_description(),
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.10",
