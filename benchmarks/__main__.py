@@ -493,7 +493,9 @@ def write_results(text: str) -> None:
 
 def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks", description=__doc__.splitlines()[0], epilog="See README, Benchmarks."
+        prog="python -m benchmarks",
+        description=__doc__.splitlines()[0],
+        epilog="See docs/development.md, section Benchmarks.",
     )
     parser.add_argument(
         "--quick",
@@ -575,7 +577,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             [
                 "# Benchmark results",
                 "",
-                f"Written by `{command}`; see the README, section Benchmarks, for what each row measures.",
+                f"Written by `{command}`; see docs/development.md, section Benchmarks, for what each row "
+                "measures.",
                 "",
                 *header,
                 "",
