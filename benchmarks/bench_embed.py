@@ -66,8 +66,8 @@ def run(
     config: str = DEFAULT_CONFIG,
 ) -> Dict[str, Any]:
     """Run the benchmark; returns images/s of the three ways and the two ratios."""
-    from clip import _cli_embed
-    from clip._collection import Item
+    from clip._cli import embed as _cli_embed
+    from clip._cli.collection import Item
     from clip._preprocess import _transform
 
     workers = threads if workers is None else workers

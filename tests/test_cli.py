@@ -271,3 +271,49 @@ def test_help_and_list_models(capsys: pytest.CaptureFixture) -> None:
     assert code == EXIT_OK and out.split() == clip_module.available_models()
     code, out, err = _run(["--no-such-option"], capsys)
     assert code == EXIT_USAGE and "unrecognized arguments" in err
+
+
+def test_help_lists_every_subcommand_with_one_line(capsys: pytest.CaptureFixture) -> None:
+    from clip._cli.main import SUBCOMMANDS
+
+    code, out, err = _run(["--help"], capsys)
+    assert code == EXIT_OK and len(SUBCOMMANDS) == 5
+    listed = {}
+    for line in out.splitlines():
+        words = line.split(maxsplit=1)
+        if len(words) == 2 and words[0] in SUBCOMMANDS and line.startswith("  "):
+            listed[words[0]] = words[1]
+    assert sorted(listed) == sorted(SUBCOMMANDS)  # each listed, with its line of text
+    assert out.index("commands (") < out.index("options:")  # before the default job's options
+
+
+@pytest.mark.parametrize("name", ["classify", "embed", "search", "convert", "train"])
+def test_each_subcommand_help_gives_a_worked_example(name: str, capsys: pytest.CaptureFixture) -> None:
+    code, out, err = _run([name, "--help"], capsys)
+    assert code == EXIT_OK and f"usage: clip {name}" in out
+    examples = out[out.index("example") :]
+    assert re.search(rf"^\s+(torchrun .*)?clip {name} \S", examples, re.M), examples
+
+
+@pytest.mark.parametrize(
+    "word, suggestion", [("embd", "embed"), ("clasify", "classify"), ("serach", "search"), ("trian", "train")]
+)
+def test_mistyped_subcommand_is_named_with_a_suggestion(
+    word: str, suggestion: str, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _run([word, "x", "-o", "y"], capsys)
+    assert code == EXIT_USAGE and out == ""
+    assert err == f"clip: error: no image or subcommand {word!r}; did you mean {suggestion!r}?\n"
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_file_named_like_a_subcommand_is_still_an_image(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "embd").write_bytes(CLIP_PNG.read_bytes())  # an image whose name is close to `embed`
+    code, out, err = _run(["embd", "--model", str(release_archive("vit"))], capsys)
+    assert code == EXIT_OK and "embd" in out and "Label probs:" in out
+    code, out, err = _run(["cat"], capsys)  # no such file, no suffix, not close to a subcommand
+    assert code == EXIT_USAGE and "no image or subcommand 'cat'" in err and "classify, embed" in err

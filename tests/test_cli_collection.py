@@ -16,8 +16,8 @@ from _checkpoints import release_archive
 from PIL import Image
 
 import clip
-from clip import _collection
 from clip.__main__ import main
+from clip._cli import collection as _collection
 
 # Features are stored as float32 here; ours are computed in batches, the reference one image at a
 # time, in the same process: only the summation order of the batched kernels differs (a few ulps of

@@ -27,6 +27,8 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .common import UsageError
+
 __all__ = [
     "CollectionError",
     "Item",
@@ -66,7 +68,7 @@ _MAGIC: Tuple[Tuple[int, bytes], ...] = (
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp")
 
 
-class CollectionError(Exception):
+class CollectionError(UsageError):
     """Bad input for a collection command, with what to do about it (exit status 2)."""
 
 

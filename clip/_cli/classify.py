@@ -9,7 +9,8 @@ import argparse
 from pathlib import Path
 from typing import List, Tuple
 
-EXIT_OK = 0
+from .common import EXIT_OK
+
 DEFAULT_K = 5
 DEFAULT_MODEL = "ViT-B/32"
 PERCENT = 100.0
@@ -19,18 +20,26 @@ BUILT_IN = {
     "cifar10": ("CIFAR10_CLASSES", "CIFAR_TEMPLATES"),
     "cifar100": ("CIFAR100_CLASSES", "CIFAR_TEMPLATES"),
 }
+EPILOG = """\
+FILE: a UTF-8 text file, one class name (or template, with {} for the name) per line.
+Default templates: ImageNet's 80 for imagenet and for a FILE of classes, the 18 CIFAR templates
+for cifar10 / cifar100.
+
+examples:
+  clip classify cat.jpg --classes imagenet -k 3
+  clip classify photos/*.png --classes my_classes.txt --templates my_templates.txt --device cuda
+"""
 
 
 def _parser() -> argparse.ArgumentParser:
-    from ._cli_model import add_model_arguments
+    from .common import add_model_arguments
 
     parser = argparse.ArgumentParser(
         prog="clip classify",
         description="Zero-shot classification with prompt ensembles: print each image's k most likely "
         "classes and their probabilities.",
-        epilog="FILE: a UTF-8 text file, one class name (or template, with {} for the name) per line.\n"
-        "Default templates: ImageNet's 80 for imagenet and for a FILE of classes, the 18 CIFAR "
-        "templates for cifar10 / cifar100.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     parser.add_argument(
@@ -50,13 +59,13 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: List[str]) -> int:
     """Run `clip classify` with `argv`; return the exit status."""
-    from ._cli_model import run_subcommand
+    from .common import run_command
 
-    return run_subcommand("classify", _parser(), _run, argv)
+    return run_command("clip classify", _parser(), _run, argv)
 
 
 def _lines(path: str, what: str) -> List[str]:
-    from ._collection import CollectionError
+    from .collection import CollectionError
 
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -69,8 +78,8 @@ def _lines(path: str, what: str) -> List[str]:
 
 
 def _prompts(classes: str, templates: str) -> Tuple[List[str], List[str]]:
-    from . import zeroshot
-    from ._collection import CollectionError
+    from .. import zeroshot
+    from .collection import CollectionError
 
     if classes in BUILT_IN:
         names_attr, templates_attr = BUILT_IN[classes]
@@ -89,10 +98,9 @@ def _prompts(classes: str, templates: str) -> Tuple[List[str], List[str]]:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from . import __main__ as cli
-    from . import zeroshot
-    from ._cli_model import load_model
-    from ._collection import CollectionError
+    from .. import zeroshot
+    from .collection import CollectionError
+    from .common import load_model, open_image
 
     if args.k < 1:
         raise CollectionError(f"-k must be at least 1, got {args.k}")
@@ -100,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
         raise CollectionError(f"--batch-size must be at least 1, got {args.batch_size}")
     names, templates = _prompts(args.classes, args.templates)
     k = min(args.k, len(names))
-    images = [cli._open_image(Path(path)) for path in args.images]  # before loading: fail fast on a typo
+    images = [open_image(Path(path)) for path in args.images]  # before loading: fail fast on a typo
     model, preprocess = load_model(args.model, args.device, args.download_root, args.download)
     try:
         classifier = zeroshot.build_classifier(model, names, templates, batch_size=args.batch_size)

@@ -4,7 +4,7 @@
     clip embed pairs.csv -o pairs.clip --caption-column text
     torchrun --nproc_per_node=4 -m clip embed photos/ -o photos.clip   # one process per GPU / CPU share
 
-See clip/_collection.py for what OUT holds. Rerunning the same command resumes: only shards without
+See clip/_cli/collection.py for what OUT holds. Rerunning the same command resumes: only shards without
 their ``shard-NNNNN.json`` are computed. Under torchrun every rank lists SRC the same way and takes
 every WORLD_SIZE-th shard; rank 0 writes run.json first and the manifest last (OUT must be one folder
 that all ranks see, e.g. a shared filesystem across machines).
@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-EXIT_OK = 0
-EXIT_INTERRUPTED = 130  # the shell's status for Ctrl-C
+from .common import EXIT_OK
+
 DEFAULT_MODEL = "ViT-B/32"
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_SHARD_SIZE = 8192
@@ -34,6 +34,10 @@ OUT:
 
 Rerun the same command after a crash or Ctrl-C to finish: completed shards are kept.
 
+examples:
+  clip embed photos/ -o photos.clip                        every image under photos/, recursively
+  clip embed pairs.csv -o pairs.clip --caption-column text --device cuda
+
 several processes or machines (torch.distributed; gloo on CPUs, nccl on GPUs):
   torchrun --nproc_per_node=8 -m clip embed SRC -o OUT
   torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 \\
@@ -42,7 +46,7 @@ several processes or machines (torch.distributed; gloo on CPUs, nccl on GPUs):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from ._cli_model import add_model_arguments
+    from .common import add_model_arguments
 
     parser = argparse.ArgumentParser(
         prog="clip embed",
@@ -78,34 +82,33 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: List[str]) -> int:
     """Run `clip embed` with `argv`; return the exit status."""
-    from ._cli_model import run_subcommand
+    from .common import run_command
 
-    try:
-        return run_subcommand("embed", _parser(), _run, argv)
-    except KeyboardInterrupt:
-        print(
-            "\nclip embed: interrupted; finished shards are kept: rerun the same command to resume",
-            file=sys.stderr,
-        )
-        return EXIT_INTERRUPTED
+    return run_command(
+        "clip embed",
+        _parser(),
+        _run,
+        argv,
+        interrupted="finished shards are kept: rerun the same command to resume",
+    )
 
 
 def _positive(name: str, value: int) -> None:
-    from ._collection import CollectionError
+    from .collection import CollectionError
 
     if value < 1:
         raise CollectionError(f"{name} must be at least 1, got {value}")
 
 
 def _run(args: argparse.Namespace) -> int:
-    from . import __version__
-    from ._cli_model import load_model
-    from ._collection import RunInfo, check_out, discover, items_digest, prepare_out
+    from .. import __version__
+    from .collection import RunInfo, check_out, discover, items_digest, prepare_out
+    from .common import load_model
 
     _positive("--batch-size", args.batch_size)
     _positive("--shard-size", args.shard_size)
     if args.workers is not None and args.workers < 0:
-        from ._collection import CollectionError
+        from .collection import CollectionError
 
         raise CollectionError(f"--workers must be 0 or more, got {args.workers}")
     items, captions = discover(args.src, args.path_column, args.caption_column)
@@ -134,7 +137,7 @@ def _run(args: argparse.Namespace) -> int:
         _embed(args, model, preprocess, items, captions, out, n_shards, group)
         group.barrier()
         if group.rank == 0:
-            from ._collection import write_manifest
+            from .collection import write_manifest
 
             embedded, failed = write_manifest(out, run, items, n_shards)
             note = f"; {failed} could not be read (see {out / 'errors.tsv'})" if failed else ""
@@ -240,8 +243,8 @@ def _embed(
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
-    from ._collection import shard_done, write_shard
-    from .clip import tokenize
+    from ..clip import tokenize
+    from .collection import shard_done, write_shard
 
     mine = [s for s in range(group.rank, n_shards, group.world) if not shard_done(out, s)]
     batches: List[List[int]] = []

@@ -8,17 +8,26 @@ import argparse
 from pathlib import Path
 from typing import List
 
-EXIT_OK = 0
+from .common import EXIT_OK
+
 DEFAULT_K = 10
+EPILOG = """\
+examples:
+  clip embed photos/ -o photos.clip              first, embed the collection (once)
+  clip search photos.clip "a dog on a beach" -k 5
+  clip search photos.clip --image query.jpg
+"""
 
 
 def _parser() -> argparse.ArgumentParser:
-    from ._cli_model import add_model_arguments
+    from .common import add_model_arguments
 
     parser = argparse.ArgumentParser(
         prog="clip search",
         description="Print the k images of an embedded collection most similar to a text or an image "
         "(cosine similarity, exact), best first: score, then path.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("out", metavar="OUT", help="the output folder of clip embed")
     parser.add_argument("query", nargs="?", default=None, help="the text to search for")
@@ -32,24 +41,23 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: List[str]) -> int:
     """Run `clip search` with `argv`; return the exit status."""
-    from ._cli_model import run_subcommand
+    from .common import run_command
 
-    return run_subcommand("search", _parser(), _run, argv)
+    return run_command("clip search", _parser(), _run, argv)
 
 
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from . import __main__ as cli
-    from ._cli_model import load_model
-    from ._collection import CollectionError, read_manifest, top_k
-    from .clip import tokenize
+    from ..clip import tokenize
+    from .collection import CollectionError, read_manifest, top_k
+    from .common import load_model, open_image
 
     if args.k < 1:
         raise CollectionError(f"-k must be at least 1, got {args.k}")
     if (args.query is None) == (args.image is None):
         raise CollectionError("pass either a query text or --image FILE (one of them)")
-    image = cli._open_image(Path(args.image)) if args.image is not None else None
+    image = open_image(Path(args.image)) if args.image is not None else None
     out = Path(args.out)
     manifest = read_manifest(out)
     if not manifest["items"]:

@@ -11,11 +11,10 @@ import logging
 import sys
 from typing import List
 
+from .common import EXIT_OK, CommandFailure, UsageError, run_command
+
 __all__ = ["main"]
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
 END_OF_LAUNCHER_OPTIONS = "--"
 
 EPILOG = """\
@@ -46,7 +45,7 @@ examples:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from clip.train import PRECISIONS, TrainConfig
+    from ..train import PRECISIONS, TrainConfig
 
     d = TrainConfig(train_data="")
     p = argparse.ArgumentParser(
@@ -102,23 +101,20 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: List[str]) -> int:
     """Parse `argv`, train, return the exit status."""
-    parser = _parser()
     # `torchrun ... -m clip train -- FLAGS`: the -- keeps torchrun's parser off our flags (it
     # rejects --logs as an abbreviation of its --logs-specs); this command takes no positionals
     argv = [arg for arg in argv if arg != END_OF_LAUNCHER_OPTIONS]
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    return run_command("clip train", _parser(), _run, argv)
 
-    from clip.train import TrainConfig, train
+
+def _run(args: argparse.Namespace) -> int:
+    from ..train import TrainConfig, train
 
     config = TrainConfig(**vars(args))
     try:
         config.validate()
     except ValueError as exc:
-        sys.stderr.write(f"clip train: error: {exc}\n")
-        return EXIT_USAGE
+        raise UsageError(str(exc)) from exc
     log = logging.getLogger("clip.train")
     handler = logging.StreamHandler(sys.stdout)
     log.addHandler(handler)
@@ -126,8 +122,7 @@ def main(argv: List[str]) -> int:
     try:
         train(config)
     except (ValueError, RuntimeError, OSError) as exc:
-        sys.stderr.write(f"clip train: error: {exc}\n")
-        return EXIT_FAILURE
+        raise CommandFailure(str(exc)) from exc
     finally:
         log.removeHandler(handler)
     return EXIT_OK

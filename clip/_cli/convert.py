@@ -11,18 +11,16 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import tempfile
 from typing import TYPE_CHECKING, Dict, List, Optional
+
+from .common import EXIT_OK, CommandFailure, UsageError, run_command
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = ["main"]
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
 TARGETS = ("safetensors", "hf")
 # --dtype's default: the release's own dtypes (fp16 weights, fp32 where the release keeps fp32)
 RELEASE_DTYPES = "release"
@@ -30,6 +28,12 @@ DTYPES = (RELEASE_DTYPES, "float32", "float16", "bfloat16")
 HF_WEIGHTS_FILE = "model.safetensors"
 HF_CONFIG_FILE = "config.json"
 RELEASE_METADATA = {"format": "pt", "layout": "openai-clip-release"}
+EPILOG = """\
+examples:
+  clip convert ViT-B/32 vit-b-32.safetensors               the cached release, as .safetensors
+  clip convert ViT-B/32 vit-b-32-fp32.safetensors --dtype float32
+  clip convert my_finetune.pt hf-model/ --to hf            a transformers CLIPModel directory
+"""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
             "clip.load reads it, faster than the release archive), or with --to hf to a "
             "transformers CLIPModel directory (ViT models only)."
         ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("src", metavar="SRC", help="a released model name, or a checkpoint file or directory")
     parser.add_argument("dst", metavar="DST", help="the .safetensors file, or the directory with --to hf")
@@ -69,52 +75,41 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: List[str]) -> int:
     """Run ``clip convert`` with `argv`; return the exit status."""
-    parser = _parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    return run_command("clip convert", _parser(), _run, argv)
 
-    from ._download import DownloadError
-    from ._errors import CheckpointError
+
+def _run(args: argparse.Namespace) -> int:
+    from .._download import DownloadError
+    from .._errors import CheckpointError
 
     if os.path.lexists(args.dst) and not args.force:
-        print(f"clip convert: error: {args.dst} exists; pass --force to replace it", file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(f"{args.dst} exists; pass --force to replace it")
+    if args.to == "hf" and args.dtype not in (RELEASE_DTYPES, "float32"):
+        raise UsageError(
+            f"--to hf writes float32 weights; --dtype {args.dtype} applies to .safetensors output"
+        )
     try:
-        if args.to == "hf" and args.dtype not in (RELEASE_DTYPES, "float32"):
-            raise _UsageError(
-                f"--to hf writes float32 weights; --dtype {args.dtype} applies to .safetensors output"
-            )
         source = _source_path(args.src, args.download_root, args.download)
         weights = _release_weights(source)
         if args.to == "hf":
             _write_hf(weights, args.dst)
         else:
             _write_release(_cast(weights, args.dtype), args.dst)
-    except _UsageError as exc:
-        print(f"clip convert: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
     except (CheckpointError, DownloadError, ValueError, OSError) as exc:
-        print(f"clip convert: error: cannot convert {args.src!r}: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        raise CommandFailure(f"cannot convert {args.src!r}: {exc}") from exc
     kind = "a transformers CLIPModel directory" if args.to == "hf" else "release-layout .safetensors"
     print(f"wrote {args.dst} ({kind})")
     return EXIT_OK
 
 
-class _UsageError(Exception):
-    pass
-
-
 def _source_path(src: str, download_root: Optional[str], download: bool) -> str:
-    from ._download import default_cache_dir
-    from ._sources import fetch_weights, find_on_disk
-    from .clip import _MODELS, _hub_files
+    from .._download import default_cache_dir
+    from .._sources import fetch_weights, find_on_disk
+    from ..clip import _MODELS, _hub_files
 
     if src not in _MODELS:
         if not os.path.exists(src):
-            raise _UsageError(
+            raise UsageError(
                 f"{src} is neither a released model ({', '.join(_MODELS)}) nor a file or directory"
             )
         return src
@@ -123,7 +118,7 @@ def _source_path(src: str, download_root: Optional[str], download: bool) -> str:
         return fetch_weights(src, _MODELS[src], _hub_files(src), root).path
     located = find_on_disk(_MODELS[src], _hub_files(src), root)
     if located is None:
-        raise _UsageError(
+        raise UsageError(
             f"the weights of {src} are not on disk (cache directory {root}, or the Hugging Face cache); "
             "add --download to fetch them"
         )
@@ -132,8 +127,8 @@ def _source_path(src: str, download_root: Optional[str], download: bool) -> str:
 
 def _release_weights(path: str) -> "Dict[str, torch.Tensor]":
     """The weights in the release's layout and dtypes (fp16 where the release stores fp16)."""
-    from ._formats import read_state_dict
-    from .model import build_model
+    from .._formats import read_state_dict
+    from ..model import build_model
 
     model = build_model(read_state_dict(path))  # checks keys and shapes; casts like the release
     return dict(model.state_dict())
@@ -150,7 +145,7 @@ def _cast(weights: "Dict[str, torch.Tensor]", dtype: str) -> "Dict[str, torch.Te
 
 
 def _write_release(weights: "Dict[str, torch.Tensor]", dst: str) -> None:
-    from ._safetensors import write_safetensors
+    from .._safetensors import write_safetensors
 
     write_safetensors(weights, dst, RELEASE_METADATA)
 
@@ -158,9 +153,9 @@ def _write_release(weights: "Dict[str, torch.Tensor]", dst: str) -> None:
 def _write_hf(weights: "Dict[str, torch.Tensor]", dst: str) -> None:
     import torch
 
-    from ._layouts import hf_config, hf_from_release
-    from ._safetensors import write_safetensors
-    from .model import CLIPDimensions
+    from .._layouts import hf_config, hf_from_release
+    from .._safetensors import write_safetensors
+    from ..model import CLIPDimensions
 
     dims = CLIPDimensions.from_state_dict(weights)
     config = hf_config(dims)  # ValueError for ResNet models, before anything is written

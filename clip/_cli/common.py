@@ -1,0 +1,260 @@
+"""What every `clip` command shares: exit codes, the errors a user can fix, one way to run a command
+and turn expected failures into one line, the model options, opening images, name -> path.
+
+A command is a parser and a ``run(args) -> int``; :func:`run_command` runs it. Expected failures are
+raised as :class:`UsageError` (bad input: exit 2) or :class:`CommandFailure` (the model or the work
+failed: exit 1) and printed as one ``clip NAME: error: ...`` line; Ctrl-C prints one line and exits
+130; an image Pillow refuses to decode (too many pixels, truncated, not an image) is bad input.
+Anything else is a bug and keeps its traceback.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+__all__ = [
+    "EXIT_OK",
+    "EXIT_FAILURE",
+    "EXIT_USAGE",
+    "EXIT_INTERRUPTED",
+    "ALLOW_DOWNLOAD_ENV",
+    "ALLOW_DOWNLOAD_VALUE",
+    "UsageError",
+    "CommandFailure",
+    "ModelLoadError",
+    "run_command",
+    "report",
+    "shorten",
+    "add_model_arguments",
+    "download_allowed",
+    "load_model",
+    "open_image",
+    "checkpoint_to_load",
+    "nonempty_texts",
+]
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # the model could not be loaded or run, or the work failed (bad checkpoint, device)
+EXIT_USAGE = 2  # bad arguments or input the user can fix (argparse uses 2 too)
+EXIT_INTERRUPTED = 130  # the shell's status for Ctrl-C (128 + SIGINT)
+
+ALLOW_DOWNLOAD_ENV = "CLIP_ALLOW_DOWNLOAD"
+ALLOW_DOWNLOAD_VALUE = "1"
+SHOWN_CHARACTERS = 80  # a value echoed in a message is cut to this many characters
+
+
+class UsageError(Exception):
+    """Bad input the user can fix: one message, exit status EXIT_USAGE."""
+
+
+class CommandFailure(Exception):
+    """The work could not be done (a model that cannot be loaded or run): exit status EXIT_FAILURE."""
+
+
+class ModelLoadError(CommandFailure):
+    """The model could not be loaded or run."""
+
+
+def report(prog: str, message: str) -> None:
+    """Print ``PROG: error: MESSAGE`` on stderr."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+
+
+def shorten(value: str, limit: int = SHOWN_CHARACTERS) -> str:
+    """`value` as a message shows it: repr'd, and cut with its length said when it is long."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value)} characters)"
+
+
+def run_command(
+    prog: str,
+    parser: argparse.ArgumentParser,
+    run: Callable[[argparse.Namespace], int],
+    argv: Sequence[str],
+    interrupted: str = "",
+) -> int:
+    """Parse `argv` with `parser` and `run` it; return the exit status.
+
+    Expected failures become one ``PROG: error: ...`` line on stderr and an exit status (see the
+    module docstring); `interrupted` is what Ctrl-C adds to its line (what was kept, how to resume).
+    """
+    try:
+        args = parser.parse_args(list(argv))
+    except SystemExit as exc:  # --help, or argparse's own usage errors (already printed)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        return run(args)
+    except UsageError as exc:
+        report(prog, str(exc))
+        return EXIT_USAGE
+    except CommandFailure as exc:
+        report(prog, str(exc))
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted{'; ' + interrupted if interrupted else ''}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # `clip search ... | head`: the reader has gone; nothing left to say
+        _silence_stdout()
+        return EXIT_OK
+    except Exception as exc:
+        message = _image_refused(exc)
+        if message is None:
+            raise
+        report(prog, message)
+        return EXIT_USAGE
+
+
+def _image_refused(exc: BaseException) -> Optional[str]:
+    """The message for an image Pillow refused to decode, or None for any other exception."""
+    pil = sys.modules.get("PIL.Image")
+    if pil is not None and isinstance(exc, pil.DecompressionBombError):
+        return f"{exc}; such an image is refused as a possible decompression bomb"
+    return None
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that Python's flush at exit does not raise again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, default_model: Optional[str]) -> None:
+    """--model, --device, --download-root and --download, as every model-loading command has them."""
+    shown = default_model or "the model of the embeddings"
+    parser.add_argument(
+        "--model",
+        default=default_model,
+        help=f"a released model name or a checkpoint file (default: {shown})",
+    )
+    parser.add_argument(
+        "--device", default=None, help='"cpu", "cuda", "cuda:1", ... (default: cuda if available)'
+    )
+    parser.add_argument(
+        "--download-root",
+        default=None,
+        metavar="DIR",
+        help="directory of cached released weights (default: $CLIP_CACHE_DIR, else ~/.cache/clip)",
+    )
+    parser.add_argument(
+        "--download",
+        action="store_true",
+        help=f"download released weights missing from the cache (also: {ALLOW_DOWNLOAD_ENV}=1)",
+    )
+
+
+def download_allowed(flag: bool) -> bool:
+    """Whether released weights may be downloaded: --download, or CLIP_ALLOW_DOWNLOAD=1."""
+    return flag or os.environ.get(ALLOW_DOWNLOAD_ENV) == ALLOW_DOWNLOAD_VALUE
+
+
+def load_model(
+    model: str, device: Optional[str], download_root: Optional[str], download: bool, jit: bool = False
+) -> Tuple[Any, Callable[..., Any]]:
+    """`clip.load` for a command: cached weights only unless downloads are allowed.
+
+    Raises UsageError for weights that are missing, ModelLoadError when they cannot be loaded.
+    """
+    from .._checkpoint import CheckpointError
+    from .._download import DownloadError, default_cache_dir
+    from ..clip import load
+
+    root = download_root or default_cache_dir()
+    try:
+        checkpoint = checkpoint_to_load(model, root, download_allowed(download))
+        return load(checkpoint, device=device, jit=jit, download_root=root)
+    except (CheckpointError, DownloadError, RuntimeError, ValueError) as exc:
+        raise ModelLoadError(f"cannot load {model!r}: {exc}") from exc
+
+
+def open_image(path: Path) -> "Image.Image":
+    """The decoded image at `path`, or a UsageError that says why it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.exists():
+        raise UsageError(f"image not found: {path}")
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory; pass image files")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except Image.DecompressionBombError as exc:
+        raise UsageError(f"{path}: {exc}; such an image is refused as a possible decompression bomb") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise UsageError(f"cannot read {path} as an image: {exc}") from exc
+
+
+def checkpoint_to_load(model: str, root: str, allow_download: bool) -> str:
+    """What to pass to `clip.load`: the name (download allowed), the verified cached file, or a path.
+
+    Without permission to download, nothing here touches the network: a released model must already
+    be on disk (the release file in `root` with the right SHA256, or a hub copy `clip.load` would
+    find: see clip/_sources.py), or a UsageError says how to provide it.
+    """
+    from .._hub import hf_cache_dir
+    from .._sources import find_on_disk
+    from ..clip import _MODELS, _hub_files, available_models
+
+    if model in _MODELS:
+        if allow_download:
+            return model
+        url = _MODELS[model]
+        target = os.path.join(root, os.path.basename(url))
+        how = (
+            f"To provide it, do one of:\n"
+            f"  - download it now: add --download (or set {ALLOW_DOWNLOAD_ENV}={ALLOW_DOWNLOAD_VALUE})\n"
+            f"  - download {url}\n"
+            f"    and save it as {target}\n"
+            f"  - use another cache directory that holds it: --download-root DIR or CLIP_CACHE_DIR=DIR\n"
+            f"  - pass a checkpoint file instead: --model path/to/checkpoint.pt"
+        )
+        try:
+            located = find_on_disk(url, _hub_files(model), root)
+        except ValueError as exc:  # CLIP_WEIGHTS_SOURCE set to something else than auto/release/hub
+            raise UsageError(str(exc)) from exc
+        if located is not None:
+            if not located.is_release_file:
+                print(f"clip: using {located.source} ({located.path})", file=sys.stderr)
+            return located.path
+        if not os.path.isfile(target):
+            raise UsageError(
+                f"the weights of {model} are not in the cache: {target} does not exist "
+                f"(cache directory: {root}; no hub copy there or in the Hugging Face cache "
+                f"{hf_cache_dir()} either).\n{how}"
+            )
+        raise UsageError(
+            f"{target} exists but its SHA256 does not match the release (an incomplete or "
+            f"damaged download?). Delete it, then:\n{how}"
+        )
+    if os.path.isfile(model):
+        return model
+    if os.path.isdir(model):
+        from .._formats import DIRECTORY_WEIGHT_FILES
+
+        if any(os.path.isfile(os.path.join(model, name)) for name in DIRECTORY_WEIGHT_FILES):
+            return model  # a transformers model directory, or a folder of a hub copy
+        raise UsageError(
+            f"--model {model}: is a directory without model weights ({', '.join(DIRECTORY_WEIGHT_FILES)}); "
+            "pass a checkpoint file inside it"
+        )
+    raise UsageError(
+        f"--model {shorten(model)}: neither a released model ({', '.join(available_models())}) nor an "
+        "existing checkpoint file"
+    )
+
+
+def nonempty_texts(values: List[str], what: str) -> List[str]:
+    """`values` unchanged, or a UsageError naming the first empty (or blank) one."""
+    for number, value in enumerate(values, start=1):
+        if not value.strip():
+            raise UsageError(f"{what} {number} is empty; give some text")
+    return values
