@@ -141,7 +141,16 @@ def test_jit_on_a_state_dict_falls_back_with_a_warning(tmp_path: Path) -> None:
     path = save_state_dict(tmp_path / "sd.pt", "vit")
     with pytest.warns(UserWarning, match=r"is not a JIT archive\. Loading as a state dict instead"):
         model, _ = clip.load(str(path), device="cpu", jit=True)
-    assert isinstance(model, CLIP)
+    assert not isinstance(model, torch.jit.ScriptModule)  # the Python model, built from the weights
+    images, tokens = example_inputs("vit")
+    reference = tiny_model("vit").float()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.encode_image(images), reference.encode_image(images), atol=1e-5, rtol=0
+        )
+        torch.testing.assert_close(
+            model.encode_text(tokens), reference.encode_text(tokens), atol=1e-5, rtol=0
+        )
 
 
 def test_jit_with_dtype_is_refused_before_reading(tmp_path: Path) -> None:

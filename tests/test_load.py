@@ -48,6 +48,13 @@ def _features(model: torch.nn.Module, arch: str) -> "tuple[torch.Tensor, torch.T
         return model.encode_image(images), model.encode_text(tokens)
 
 
+def _assert_reference_features(model: torch.nn.Module, arch: str) -> None:
+    """`model` computes what the test-made checkpoint's own model computes (fp32, to float rounding)."""
+    reference = tiny_model(arch).float()
+    for ours, expected in zip(_features(model, arch), _features(reference, arch)):
+        torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+
+
 # ----------------------------------------------------------------------------------------------
 # The contract
 
@@ -82,7 +89,7 @@ def test_default_device_is_decided_at_call_time(monkeypatch: pytest.MonkeyPatch)
 
 def test_load_accepts_pathlike_and_torch_device() -> None:
     model, _ = clip.load(release_archive("vit"), device=torch.device("cpu"))
-    assert isinstance(model, CLIP)
+    _assert_reference_features(model, "vit")
 
 
 def test_model_does_not_depend_on_the_file_after_loading(tmp_path: Path) -> None:
@@ -102,7 +109,7 @@ def test_jit_false_never_runs_torchscript(monkeypatch: pytest.MonkeyPatch) -> No
 
     monkeypatch.setattr(torch.jit, "load", refuse)
     model, _ = clip.load(str(release_archive("vit")), device="cpu")
-    assert isinstance(model, CLIP)
+    _assert_reference_features(model, "vit")
 
 
 def test_no_random_initialisation(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -118,7 +125,7 @@ def test_no_random_initialisation(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("normal_", "uniform_", "xavier_uniform_", "kaiming_uniform_", "zeros_", "ones_"):
         monkeypatch.setattr(torch.nn.init, name, watch(getattr(torch.nn.init, name)))
     model, _ = clip.load(str(release_archive("resnet")), device="cpu")
-    assert isinstance(model, CLIP)
+    _assert_reference_features(model, "resnet")  # weights from the file, none left random
 
 
 # ----------------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 import importlib
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -42,11 +41,11 @@ def test_data_is_read_lazily_and_has_the_release_sizes() -> None:
         fresh.NO_SUCH_THING  # noqa: B018
 
 
-def test_data_is_well_formed_and_matches_the_datasets() -> None:
+def test_data_is_well_formed_and_matches_the_datasets(monkeypatch: pytest.MonkeyPatch) -> None:
     assert len(zeroshot.IMAGENET_CLASSES) == 1000 and len(set(zeroshot.IMAGENET_TEMPLATES)) == 80
     for templates in (zeroshot.IMAGENET_TEMPLATES, zeroshot.CIFAR_TEMPLATES):
         assert all(template.count("{}") == 1 for template in templates)
-    sys.path.insert(0, str(NOTEBOOKS))
+    monkeypatch.syspath_prepend(str(NOTEBOOKS))  # undone after the test
     from _datasets import CIFAR100_CLASSES  # torchvision's names, underscores and all
 
     assert list(zeroshot.CIFAR100_CLASSES) == [name.replace("_", " ") for name in CIFAR100_CLASSES]
