@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import clip
+import clip._bpe_engine as _bpe_engine
 import clip._tokenize as tokenize_module
 import clip.simple_tokenizer as st_module
 from clip.simple_tokenizer import (
@@ -729,7 +730,7 @@ def test_character_starts_give_the_bpe_of_the_bytes(tok):
 
 
 def test_character_start_cache_is_bounded(monkeypatch):
-    monkeypatch.setattr(st_module, "_CHARACTER_START_ENTRIES", 8)
+    monkeypatch.setattr(_bpe_engine, "_CHARACTER_START_ENTRIES", 8)
     tok = SimpleTokenizer()
     words = ["".join(chr(0x4E00 + 3 * k + j) for j in range(3)) for k in range(40)]
     for word in words:
