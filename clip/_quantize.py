@@ -11,6 +11,10 @@ raw `in_proj_weight` parameter, not an `nn.Linear`) compute in int8:
 Convolutions (the ViT patch embedding, the ResNet trunk), LayerNorms, attention scores and the two
 small final projections (`visual.proj`, `text_projection`) stay in fp32.
 
+The int8 model is for inference only: the kernels have no backward. Its parameters are frozen
+(`requires_grad=False`), and an int8 layer reached by a tensor that needs gradients raises
+`RuntimeError` instead of letting backward() return zeros. Fine-tune the fp32 model, then quantise.
+
 The kernels are torch's own dynamic int8 linear (`quantized::linear_dynamic`: fbgemm/oneDNN on x86,
 QNNPACK on ARM), which run eagerly without compilation. torchao, the successor of
 `torch.ao.quantization`, reaches int8 speed on the CPU only through `torch.compile`; run eagerly its
@@ -26,6 +30,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .model import CLIP
 
 INT8 = "int8"
 SCHEMES = (INT8,)
@@ -84,6 +90,16 @@ def _pack(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.ScriptObj
         return torch.ops.quantized.linear_prepack(qweight, None if bias is None else bias.detach().float())
 
 
+def _refuse_gradients(x: torch.Tensor) -> None:
+    if torch.is_grad_enabled() and x.requires_grad:
+        raise RuntimeError(
+            "int8 layers compute no gradients: backward() through a quantised model would give zeros. "
+            "The int8 model is for inference: run it under torch.no_grad() (and leave its parameters "
+            "frozen, and inputs without requires_grad); to train, fine-tune the fp32 model and quantise "
+            "it afterwards"
+        )
+
+
 class Int8Linear(nn.Module):
     """A linear layer with int8 weights and dynamically quantised int8 activations (CPU only).
 
@@ -103,6 +119,7 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu":
             raise RuntimeError(f"int8 layers run on the CPU; got an input on {x.device}")
+        _refuse_gradients(x)
         dtype = x.dtype
         flat = x.reshape(-1, self.in_features).float().contiguous()  # (..., in) -> (M, in)
         out = torch.ops.quantized.linear_dynamic(flat, self._packed, False)  # 8-bit activations
@@ -175,7 +192,8 @@ def _is_attention(module: nn.Module) -> bool:
 
 
 def quantize_(model: nn.Module) -> nn.Module:
-    """Replace, in place, every linear product of `model` by its int8 twin; returns `model`.
+    """Replace, in place, every linear product of `model` by its int8 twin; returns `model`, in eval
+    mode with every remaining parameter frozen (int8 layers have no backward).
 
     Attention modules (anything with `in_proj_weight`, `out_proj` and `num_heads`) become
     `Int8SelfAttention`; every other `nn.Linear` becomes `Int8Linear`.
@@ -201,6 +219,7 @@ def quantize_(model: nn.Module) -> nn.Module:
         twin = Int8SelfAttention(module) if _is_attention(module) else Int8Linear.from_linear(module)
         setattr(parent, child, twin)
         replaced.add(name)
+    model.requires_grad_(False)  # convolutions, norms, embeddings: no gradient reaches them through int8
     return model.eval()
 
 
@@ -210,15 +229,35 @@ def quantize(model: nn.Module, scheme: str = INT8) -> nn.Module:
     Every linear product of both towers, the attention input and output projections included,
     runs with int8 weights (per output channel) and int8 activations quantised on the fly. The
     given model is not changed. The copy's features keep a cosine similarity of at least 0.995 to
-    fp32's. The copy runs on the CPU only, is for inference (no gradients through int8 layers),
-    and its `state_dict()` lacks the quantised layers' keys: keep the original checkpoint and
-    quantise after loading.
+    fp32's. The copy runs on the CPU only and is for inference: its parameters are frozen and
+    a forward pass that would need gradients raises RuntimeError (fine-tune the fp32 model, then
+    quantise). Its `state_dict()` lacks the quantised layers' keys: keep the original checkpoint
+    and quantise after loading.
 
     Raises:
-        ValueError: `scheme` is not "int8", or the model is not on the CPU.
+        ValueError: `scheme` is not "int8" (None included: to keep fp32, do not call quantize), the
+            model is TorchScript (`jit=True`), or it is not on the CPU.
+        TypeError: `model` is not a `clip.model.CLIP`.
         RuntimeError: this torch build has no int8 kernels.
     """
+    if scheme is None:
+        raise ValueError(
+            f"quantize(model, None) would not quantise: scheme must be one of {list(SCHEMES)}. To keep "
+            "the model in its own dtype, do not call quantize"
+        )
     check_scheme(scheme)
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"quantize expects a CLIP model (torch.nn.Module); got {type(model).__name__}")
+    _check_model(model)
     return quantize_(copy.deepcopy(model))
+
+
+def _check_model(model: object) -> None:
+    if isinstance(model, torch.jit.ScriptModule):
+        raise ValueError(
+            "quantize needs the eager model, not TorchScript (clip.load(..., jit=True)): its layers "
+            "cannot be replaced. Load it with jit=False (the default), or pass quantize='int8' to clip.load"
+        )
+    if not isinstance(model, CLIP):
+        raise TypeError(
+            f"quantize expects a CLIP model (clip.model.CLIP, from clip.load(..., device='cpu')); got "
+            f"{type(model).__name__}"
+        )
