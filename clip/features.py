@@ -8,7 +8,7 @@
 >>> recalls["text_to_image"][1], recalls["image_to_text"][5]
 """
 
-from typing import Any, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch.utils.data import DataLoader
@@ -59,7 +59,7 @@ def extract(
             images, batch_labels = _split(batch)
             features.append(model.encode_image(images.to(device, non_blocking=True)).float().cpu())
             if batch_labels is not None:
-                labels.append(torch.as_tensor(batch_labels))
+                labels.append(_labels_tensor(batch_labels))
             bar.update(len(images))
     if not features:
         raise ValueError("the dataset is empty: there is nothing to extract")
@@ -79,11 +79,25 @@ def _split(batch: Any) -> Tuple[torch.Tensor, Optional[Any]]:
     )
 
 
+def _labels_tensor(batch_labels: Any) -> torch.Tensor:
+    """A batch of labels as collated by the DataLoader, as a tensor; TypeError for non-numbers."""
+    if isinstance(batch_labels, torch.Tensor):
+        return batch_labels
+    try:
+        return torch.as_tensor(batch_labels)
+    except (TypeError, ValueError, RuntimeError):
+        first = batch_labels[0] if isinstance(batch_labels, (list, tuple)) and batch_labels else batch_labels
+        raise TypeError(
+            f"dataset labels must be numbers (class indices), got {type(first).__name__} labels such as "
+            f"{first!r}: map them to indices (e.g. with a target_transform)"
+        ) from None
+
+
 def recall_at_k(
     image_features: torch.Tensor,
     text_features: torch.Tensor,
     text_to_image: Union[Sequence[int], torch.Tensor],
-    ks: Sequence[int] = (1, 5, 10),
+    ks: Union[int, Sequence[int]] = (1, 5, 10),
 ) -> Dict[str, Dict[int, float]]:
     """Retrieval recall at each k of `ks`, in both directions, by cosine similarity.
 
@@ -92,7 +106,10 @@ def recall_at_k(
     have five captions per image). Returns ``{"text_to_image": {k: r}, "image_to_text": {k: r}}``
     with fractions in [0, 1]: a text is a hit at k when its image is among the k images most similar
     to it; an image is a hit at k when any of its texts is among the k texts most similar to it.
-    Images that no text describes are left out of the image-to-text recall.
+    Images that no text describes are left out of the image-to-text recall. `ks` may be one int.
+
+    Raises ValueError when a feature row holds NaN or infinity or is all zeros (its similarities
+    are undefined, so no recall computed from it is right), naming the input and the row.
     """
     images, texts = _check_features(image_features, text_features)
     owner = torch.as_tensor(text_to_image, dtype=torch.long).to(images.device)
@@ -102,9 +119,12 @@ def recall_at_k(
         )
     if len(owner) and (int(owner.min()) < 0 or int(owner.max()) >= images.shape[0]):
         raise ValueError(f"text_to_image holds indices outside 0..{images.shape[0] - 1}")
-    ks = list(ks)
+    given = ks
+    ks = [ks] if isinstance(ks, int) and not isinstance(ks, bool) else _as_list(ks)
     if not ks or any(isinstance(k, bool) or not isinstance(k, int) or k < 1 for k in ks):
-        raise ValueError(f"ks must hold positive integers, got {ks!r}")
+        raise ValueError(f"ks must be a positive integer or a sequence of them, got {given!r}")
+    _check_defined(images, "image_features")
+    _check_defined(texts, "text_features")
     described = torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
     described[owner] = True
     if not bool(described.any()):
@@ -117,6 +137,24 @@ def recall_at_k(
         "image_to_text": {k: float((image_hits < k).float().mean()) for k in ks},
         "text_to_image": {k: float((text_hits < k).float().mean()) for k in ks},
     }
+
+
+def _as_list(ks: Any) -> List[Any]:
+    try:
+        return list(ks)
+    except TypeError:
+        raise TypeError(f"ks must be an int or a sequence of ints, got {type(ks).__name__}") from None
+
+
+def _check_defined(normalized: torch.Tensor, what: str) -> None:
+    """ValueError naming the first row of unit-normalised features that is not finite."""
+    bad = (~torch.isfinite(normalized).all(dim=1)).nonzero().flatten()
+    if len(bad):
+        raise ValueError(
+            f"{what} row {int(bad[0])} holds NaN or infinity, or is all zeros ({len(bad)} such rows of "
+            f"{normalized.shape[0]}): its cosine similarities are undefined, so no recall is right. Find "
+            "where those values come from (the inputs or the model) first"
+        )
 
 
 def _check_features(
