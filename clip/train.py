@@ -23,6 +23,7 @@ import functools
 import json
 import logging
 import math
+import numbers
 import os
 import re
 import time
@@ -110,11 +111,29 @@ class TrainConfig:
 
 
 def cosine_lr(step: int, base_lr: float, warmup: int, total: int) -> float:
-    """Learning rate at `step` (0-based): linear warmup to `base_lr`, then a cosine decay to 0."""
+    """Learning rate at `step` (0-based): linear warmup to `base_lr`, then a cosine decay to 0.
+
+    The schedule spans steps 0 to `total` - 1; from `total` on it is 0. With `warmup` >= `total`
+    the run ends while still warming up (the rate never reaches `base_lr`). Raises ValueError for
+    a negative `step`, `warmup` or `total`, or a `base_lr` that is not positive, naming it.
+    """
+    _check_schedule(step, base_lr, warmup, total)
+    if step >= total:
+        return 0.0  # past the end (the cosine's own value there when warmup < total)
     if step < warmup:
         return base_lr * (step + 1) / warmup
     decay_steps = max(1, total - warmup)
     return 0.5 * (1 + math.cos(math.pi * min(step - warmup, decay_steps) / decay_steps)) * base_lr
+
+
+def _check_schedule(step: int, base_lr: float, warmup: int, total: int) -> None:
+    for name, value in (("step", step), ("warmup", warmup), ("total", total)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"cosine_lr: {name} must be an int, got {type(value).__name__}")
+        if value < 0:
+            raise ValueError(f"cosine_lr: {name} must be 0 or more, got {value}")
+    if isinstance(base_lr, bool) or not isinstance(base_lr, numbers.Real) or not 0 < base_lr < math.inf:
+        raise ValueError(f"cosine_lr: base_lr must be a positive, finite number, got {base_lr!r}")
 
 
 def _no_weight_decay(name: str, param: nn.Parameter) -> bool:
@@ -123,7 +142,15 @@ def _no_weight_decay(name: str, param: nn.Parameter) -> bool:
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, Any]]:
-    """AdamW groups of the trainable parameters: decayed weights, and the rest at weight decay 0."""
+    """AdamW groups of the trainable parameters: decayed weights, and the rest at weight decay 0.
+
+    Raises ValueError when `weight_decay` is negative or not finite (a negative decay grows the
+    weights), TypeError when it is not a number.
+    """
+    if isinstance(weight_decay, bool) or not isinstance(weight_decay, numbers.Real):
+        raise TypeError(f"parameter_groups: weight_decay must be a number, got {type(weight_decay).__name__}")
+    if not 0 <= weight_decay < math.inf:
+        raise ValueError(f"parameter_groups: weight_decay must be 0 or more and finite, got {weight_decay}")
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
