@@ -21,6 +21,10 @@ _tokenizer_lock = threading.Lock()
 
 # The original returns int32 on every torch this package supports (it gave int64 on torch < 1.8).
 TOKEN_DTYPE = torch.int32
+DEFAULT_CONTEXT_LENGTH = 77  # every released CLIP model
+# The longest row tokenize builds: far above any CLIP text tower (77; long-text variants a few
+# hundred), and a bound on memory (256 KiB of int32 per text) where a typo asks for 10**12.
+MAX_CONTEXT_LENGTH = 65_536
 # The "too long" message quotes the text, as the original's does; longer texts are quoted by their
 # first characters only (a multi-megabyte message helps no one).
 _QUOTED_TEXT_CHARS = 10_000
@@ -75,13 +79,27 @@ def _as_text_list(texts: Union[str, Iterable[str]]) -> List[str]:
 
 
 def _checked_context_length(context_length: int) -> int:
+    if isinstance(context_length, bool):
+        raise TypeError(f"context_length must be an int, got bool ({context_length})")
     try:
         length = operator.index(context_length)
     except TypeError:
         raise TypeError(f"context_length must be an int, got {type(context_length).__name__}") from None
     if length <= 0:
         raise ValueError(f"context_length must be a positive int, got {length}")
+    if length > MAX_CONTEXT_LENGTH:
+        raise ValueError(
+            f"context_length={length:,} is more than tokenize allows ({MAX_CONTEXT_LENGTH:,}): each row "
+            f"holds that many ids. CLIP models read {DEFAULT_CONTEXT_LENGTH} (model.context_length); pass "
+            "your model's context length"
+        )
     return length
+
+
+def _checked_truncate(truncate: bool) -> bool:
+    if not isinstance(truncate, bool):
+        raise TypeError(f"truncate must be a bool (True or False), got {truncate!r}")
+    return truncate
 
 
 def _quoted(text: str) -> str:
@@ -92,7 +110,7 @@ def _quoted(text: str) -> str:
 
 
 def tokenize(
-    texts: Union[str, Iterable[str]], context_length: int = 77, truncate: bool = False
+    texts: Union[str, Iterable[str]], context_length: int = DEFAULT_CONTEXT_LENGTH, truncate: bool = False
 ) -> Union[torch.IntTensor, torch.LongTensor]:
     """Tokenized representation of the given text(s), as the original `clip.tokenize`.
 
@@ -101,9 +119,9 @@ def tokenize(
 
     Args:
         texts: a str, or an iterable of str (a list, a tuple, a generator: it is read once).
-        context_length: the row length; all CLIP models use 77.
+        context_length: the row length; all CLIP models use 77. At most `MAX_CONTEXT_LENGTH` (65,536).
         truncate: cut texts longer than `context_length` (keeping the first ids and ending with EOT)
-            instead of raising.
+            instead of raising. A bool.
 
     Returns:
         A [number of texts, context_length] tensor: SOT, the ids, EOT, then zeros. dtype int32, as the
@@ -113,11 +131,13 @@ def tokenize(
         RuntimeError: a text is too long for `context_length` and `truncate` is off (the original's
             message).
         TypeError: `texts` is not a str or an iterable of str (the message names the first bad
-            item's index and type), or `context_length` is not an int.
-        ValueError: `context_length` is 0 or less.
+            item's index and type), `context_length` is not an int (a bool is not), or `truncate` is
+            not a bool.
+        ValueError: `context_length` is 0 or less, or more than `MAX_CONTEXT_LENGTH`.
     """
     items = _as_text_list(texts)
     length = _checked_context_length(context_length)
+    truncate = _checked_truncate(truncate)
     dtype = TOKEN_DTYPE
     if not items:
         return torch.zeros(0, length, dtype=dtype)

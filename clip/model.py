@@ -361,6 +361,13 @@ class VisionTransformer(nn.Module):
         return x
 
 
+def _flag(method: str, name: str, value: object) -> bool:
+    """A training hook's flag: a bool only, as torch's `requires_grad_` takes ('no' and 0 are not flags)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{method}: {name} must be a bool (True or False), got {value!r}")
+    return value
+
+
 def _tracing() -> bool:
     """Whether torch.jit.trace, torch.compile or torch.export is tracing: value checks must not run."""
     is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", lambda: False)
@@ -472,8 +479,9 @@ class CLIP(nn.Module):
 
         Outputs and gradients are unchanged; memory falls at the cost of a second forward pass
         through the blocks. ResNet image towers are left as they are: recomputing a block would
-        update BatchNorm's running statistics twice.
+        update BatchNorm's running statistics twice. `enable` must be a bool (TypeError otherwise).
         """
+        enable = _flag("set_grad_checkpointing", "enable", enable)
         towers = [self.transformer] + (
             [self.visual.transformer] if isinstance(self.visual, VisionTransformer) else []
         )
@@ -490,6 +498,7 @@ class CLIP(nn.Module):
         return params + ((self.positional_embedding, self.text_projection) if tower == "text" else ())
 
     def _lock(self, tower: str, freeze_norm_stats: bool) -> None:
+        freeze_norm_stats = _flag(f"lock_{tower}_tower", "freeze_norm_stats", freeze_norm_stats)
         for param in self._tower_parameters(tower):
             param.requires_grad_(False)
         if freeze_norm_stats:
