@@ -9,17 +9,21 @@ on the CPU, every Half dtype given to ``aten::to`` becomes Float, before the wei
 ``encode_image``, ``encode_text``).
 """
 
+import types
 import warnings
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
 
-__all__ = ["load_jit", "patch_device", "patch_half_to_float"]
+__all__ = ["load_jit", "patch_device", "patch_half_to_float", "EAGER_ONLY_METHODS"]
 
 HALF = 5  # c10::ScalarType::Half, as TorchScript graphs record dtypes
 FLOAT = 6  # c10::ScalarType::Float
 CUDA_PREFIX = "cuda"
 DTYPE_ARGUMENT = "dtype"
+# The eager model's training hooks (clip/model.py): a TorchScript model has none, and gets methods of
+# these names that say so instead of torch's bare AttributeError.
+EAGER_ONLY_METHODS = ("set_grad_checkpointing", "lock_image_tower", "lock_text_tower")
 
 
 def _graphs(module: torch.jit.ScriptModule) -> Iterator[torch._C.Graph]:
@@ -105,4 +109,17 @@ def load_jit(path: str, device: torch.device) -> torch.jit.ScriptModule:
     if device.type == "cpu":
         patch_half_to_float(model)
         model.float()
+    for name in EAGER_ONLY_METHODS:
+        setattr(model, name, types.MethodType(_eager_only(name), model))
     return model
+
+
+def _eager_only(name: str) -> Any:
+    def refuse(self: torch.jit.ScriptModule, *args: Any, **kwargs: Any) -> None:
+        raise RuntimeError(
+            f"{name}() is a method of the eager model; this model was loaded with jit=True (TorchScript "
+            "graphs, for inference). Load it with jit=False (the default) to train it."
+        )
+
+    refuse.__name__ = name
+    return refuse

@@ -3,8 +3,7 @@ train's schedule pieces, the model's training hooks and tokenize's flags. No cal
 plausible wrong answer: each case raises a clear error naming the argument (and what to do), warns,
 or is handled correctly. Valid calls around each case keep their results.
 
-Every case here needed a library change ("(fix)" in tests/test_hostile_inputs.py's terms);
-"(xfail)" marks one that needs a change outside the files of that fix (clip/_jit.py).
+Every case here needed a library change ("(fix)" in tests/test_hostile_inputs.py's terms).
 
 ===================================  ========================================================================
 case                                 new behaviour (test)
@@ -42,7 +41,8 @@ negative weight decay                ValueError naming weight_decay (BAD_CALLS w
 **training hooks**
 truthy flags ('no', 1)               TypeError naming the flag, nothing changed (BAD_CALLS hook-*,
                                      test_rejected_flags_change_nothing)
-hooks on a jit model                 (xfail) test_hooks_on_a_jit_model_say_load_with_jit_false
+hooks on a jit model                 RuntimeError: load with jit=False
+                                     (test_hooks_on_a_jit_model_say_load_with_jit_false)
 **tokenize**
 truncate='no', 1                     TypeError naming truncate (BAD_CALLS tokenize-truncate-*)
 context_length=True                  TypeError (BAD_CALLS tokenize-length-bool)
@@ -593,14 +593,11 @@ def test_rejected_flags_change_nothing() -> None:
     assert model.transformer.grad_checkpointing and not model.token_embedding.weight.requires_grad
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a jit=True model is a torch.jit.ScriptModule without these methods (AttributeError from "
-    "torch); the fix belongs in clip/_jit.py (load_jit), outside this change",
-)
 @pytest.mark.parametrize("hook", ["set_grad_checkpointing", "lock_image_tower", "lock_text_tower"])
 def test_hooks_on_a_jit_model_say_load_with_jit_false(env: Dict[str, Any], hook: str) -> None:
-    with pytest.raises(Exception, match="jit=False"):
+    with pytest.raises(
+        RuntimeError, match=rf"{hook}\(\) is a method of the eager model.*Load it with jit=False"
+    ):
         getattr(env["jit"], hook)(True)
 
 
