@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, TextIO, Tuple
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -30,6 +30,8 @@ __all__ = [
     "run_command",
     "report",
     "shorten",
+    "cli_advice",
+    "print_line",
     "add_model_arguments",
     "download_allowed",
     "load_model",
@@ -46,6 +48,14 @@ EXIT_INTERRUPTED = 130  # the shell's status for Ctrl-C (128 + SIGINT)
 ALLOW_DOWNLOAD_ENV = "CLIP_ALLOW_DOWNLOAD"
 ALLOW_DOWNLOAD_VALUE = "1"
 SHOWN_CHARACTERS = 80  # a value echoed in a message is cut to this many characters
+# Advice in the library's messages, written for the Python API, and what a command-line user does.
+API_TO_CLI_ADVICE = (
+    ("Pass device='cpu'", "Pass --device cpu"),
+    ("pass device='cpu'", "pass --device cpu"),
+    ("pass download_root=...", "pass --download-root DIR"),
+    ("Try jit=False", "Try without --jit"),
+    ("pass truncate=True to keep the start", "shorten the text"),
+)
 
 
 class UsageError(Exception):
@@ -70,6 +80,32 @@ def shorten(value: str, limit: int = SHOWN_CHARACTERS) -> str:
     if len(value) <= limit:
         return repr(value)
     return f"{value[:limit]!r}... ({len(value)} characters)"
+
+
+def cli_advice(message: str) -> str:
+    """`message` with the Python API's advice (``device='cpu'``, ``download_root=...``,
+    ``truncate=True``) rewritten as what a command-line user does (``--device cpu``, ...)."""
+    for api, cli in API_TO_CLI_ADVICE:
+        message = message.replace(api, cli)
+    return message
+
+
+def print_line(line: str, out: Optional[TextIO] = None) -> None:
+    """Print `line` to `out` (default: stdout). A file name that is not valid UTF-8 (its bytes held as
+    surrogates, as os.listdir and sys.argv give them) is written as its original bytes, so that what
+    is printed can be used as the path again."""
+    out = sys.stdout if out is None else out
+    try:
+        print(line, file=out)
+    except UnicodeEncodeError:
+        encoded = (line + "\n").encode(out.encoding or "utf-8", "surrogateescape")
+        buffer = getattr(out, "buffer", None)
+        if buffer is None:  # a text-only stream: the bytes cannot go through, show them escaped
+            print(encoded.decode(out.encoding or "utf-8", "backslashreplace"), end="", file=out)
+            return
+        out.flush()
+        buffer.write(encoded)
+        buffer.flush()
 
 
 def run_command(
@@ -172,7 +208,7 @@ def load_model(
         checkpoint = checkpoint_to_load(model, root, download_allowed(download))
         return load(checkpoint, device=device, jit=jit, download_root=root)
     except (CheckpointError, DownloadError, RuntimeError, ValueError) as exc:
-        raise ModelLoadError(f"cannot load {model!r}: {exc}") from exc
+        raise ModelLoadError(f"cannot load {shorten(model)}: {cli_advice(str(exc))}") from exc
 
 
 def open_image(path: Path) -> "Image.Image":
