@@ -2,17 +2,24 @@
 
 An OUT folder holds
 
-* ``run.json``: what the run is (model, clip version, storage dtype, shard size, how many items
-  and a digest of their list), written before the first shard; a rerun must match it;
+* ``run.json``: what the run is (model, the SHA256 of its weights, clip version, storage dtype,
+  shard size, how many items and a digest of their list), written before the first shard; a rerun
+  must match it, and the model must match by content, not by name or path;
 * per shard ``i``: ``images-{i:05d}.npy`` (L2-normalised image features, ``[rows, D]``), with a
   caption column also ``texts-{i:05d}.npy`` (the captions' features, the same rows), and last
   ``shard-{i:05d}.json`` (which items are its rows and which failed, and why): a shard is done
   when its ``.json`` exists;
-* ``manifest.json`` (one entry per embedded item: path, caption, shard, row; the model, the clip
-  version) and ``errors.tsv`` (path, reason), written once every shard is done.
+* ``manifest.json`` (one entry per embedded item: path, caption, shard, row; the model, its SHA256,
+  the clip version) and ``errors.tsv`` (path, reason), written once every shard is done.
 
-Every file is written to a temporary file in OUT and renamed into place, so an interrupted run
-leaves whole files only, and a rerun redoes just the shards without their ``.json``.
+Item paths are absolute (format 2; format 1 stored them as spelled on the command line, relative to
+the working directory of the run). A file name that is not valid UTF-8 is held as Python holds it
+(undecodable bytes as surrogates): JSON-escaped in the ``.json`` files, its original bytes in
+``errors.tsv``; either reads back to the same name.
+
+Every file is written to a temporary file in OUT and renamed into place (with the mode the umask
+gives new files), so an interrupted run leaves whole files only, and a rerun redoes just the shards
+without their ``.json``.
 """
 
 import csv
@@ -23,17 +30,21 @@ import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .common import UsageError
+from .common import UsageError, shorten
 
 __all__ = [
     "CollectionError",
     "Item",
     "discover",
     "RunInfo",
+    "model_name",
+    "model_sha256",
+    "short_digest",
+    "check_out",
     "prepare_out",
     "shard_done",
     "write_shard",
@@ -46,11 +57,16 @@ RUN_FILE = "run.json"
 MANIFEST_FILE = "manifest.json"
 ERRORS_FILE = "errors.tsv"
 TEMP_PREFIX = ".tmp-"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: absolute item paths and the model's SHA256; 1 is still read
+LEGACY_FORMAT = 1
 DEFAULT_PATH_COLUMN = "path"
 DEFAULT_CAPTION_COLUMN = "caption"
 SEARCH_CHUNK_ROWS = 65536  # rows of a memory-mapped shard scored at a time
 SNIFF_BYTES = 16
+HASH_CHUNK_BYTES = 1024 * 1024  # a checkpoint is hashed in chunks of this size, never read whole
+SHOWN_DIGEST = 12  # hex digits of a SHA256 shown in a message
+SHOWN_LINES = 5  # line numbers listed in a message about bad rows
+NEW_FILE_MODE = 0o666  # what open() asks for a new file, before the umask
 
 # Leading bytes of the image formats Pillow reads that cameras, phones and the web produce.
 _MAGIC: Tuple[Tuple[int, bytes], ...] = (
@@ -92,19 +108,25 @@ def _looks_like_image(path: Path) -> bool:
 
 
 def discover(
-    src: str, path_column: str = DEFAULT_PATH_COLUMN, caption_column: Optional[str] = None
+    src: str,
+    path_column: str = DEFAULT_PATH_COLUMN,
+    caption_column: Optional[str] = None,
+    absolute: bool = True,
 ) -> Tuple[List[Item], bool]:
     """The items of `src` in a fixed order, and whether they carry captions.
 
     A folder: every image file under it (recursively, by content or image suffix), sorted by path. A
     ``.csv`` / ``.tsv`` file: one item per row, from `path_column` (paths relative to the file's
-    folder) and `caption_column` (default: a ``caption`` column if there is one).
+    folder) and `caption_column` (default: a ``caption`` column if there is one). Paths are absolute
+    (`src` resolved), so the same collection spelled another way is the same list; with
+    ``absolute=False``, as format 1 spelled them (below `src` as given).
     """
     root = Path(src)
     if root.is_dir():
+        base = root.resolve() if absolute else root
         paths = sorted(
             str(Path(folder) / name)
-            for folder, _, names in os.walk(root)
+            for folder, _, names in os.walk(base)
             for name in names
             if _looks_like_image(Path(folder) / name)
         )
@@ -112,7 +134,7 @@ def discover(
             raise CollectionError(f"{src}: no image files in this folder or below it")
         return [Item(path) for path in paths], False
     if root.is_file():
-        return _read_table(root, path_column, caption_column)
+        return _read_table(root.resolve() if absolute else root, path_column, caption_column)
     raise CollectionError(f"{src}: no such folder or file; pass a folder of images or a CSV/TSV file")
 
 
@@ -124,23 +146,30 @@ def _read_table(table: Path, path_column: str, caption_column: Optional[str]) ->
         with open(table, newline="", encoding="utf-8-sig") as handle:  # -sig: a BOM is not part of a name
             reader = csv.DictReader(handle, delimiter=delimiter)
             columns = list(reader.fieldnames or [])
-            rows = list(reader)
+            rows = [(reader.line_num, row) for row in reader]  # line_num: the row's last line
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise CollectionError(f"{table}: cannot be read as UTF-8 {table.suffix[1:].upper()}: {exc}") from exc
+    if not columns:
+        raise CollectionError(
+            f"{table} is empty: write a header line naming the {path_column!r} column (and a "
+            f"{DEFAULT_CAPTION_COLUMN!r} column, if any), then one row per image"
+        )
+    shown_columns = ", ".join(shorten(column) for column in columns)
     if path_column not in columns:
         raise CollectionError(
-            f"{table}: no column {path_column!r} (columns: {', '.join(map(repr, columns)) or 'none'}); "
+            f"{table}: no column {shorten(path_column)} (columns: {shown_columns}); "
             "name the column of image paths with --path-column"
         )
     if caption_column is not None and caption_column not in columns:
         raise CollectionError(
-            f"{table}: no column {caption_column!r} (columns: {', '.join(map(repr, columns))}); "
+            f"{table}: no column {shorten(caption_column)} (columns: {shown_columns}); "
             "name the caption column with --caption-column, or leave it out"
         )
+    _refuse_ragged_rows(table, columns, rows)
     if caption_column is None and DEFAULT_CAPTION_COLUMN in columns:
         caption_column = DEFAULT_CAPTION_COLUMN
     items = []
-    for number, row in enumerate(rows, start=2):  # line 1 is the header
+    for number, row in rows:
         value = (row.get(path_column) or "").strip()
         if not value:
             raise CollectionError(f"{table}, line {number}: the {path_column!r} column is empty")
@@ -151,11 +180,80 @@ def _read_table(table: Path, path_column: str, caption_column: Optional[str]) ->
     return items, caption_column is not None
 
 
+def _refuse_ragged_rows(table: Path, columns: List[str], rows: List[Tuple[int, Dict[Any, Any]]]) -> None:
+    """A row with more or fewer fields than the header would be cut or padded silently by the csv
+    module (an unquoted comma in a caption keeps only the caption's start): refuse it."""
+    ragged = [
+        (number, len(columns) + len(row.get(None) or []) - sum(value is None for value in row.values()))
+        for number, row in rows
+        if None in row or None in row.values()
+    ]
+    if not ragged:
+        return
+    shown = ", ".join(f"line {number}: {fields}" for number, fields in ragged[:SHOWN_LINES])
+    more = f", and {len(ragged) - SHOWN_LINES} more" if len(ragged) > SHOWN_LINES else ""
+    if table.suffix.lower() == ".tsv":
+        fix = "quote values that hold a tab"
+    else:
+        fix = 'quote values that hold a comma ("a dog, running"), or write the list as a .tsv file'
+    raise CollectionError(
+        f"{table}: {len(ragged)} row(s) do not have the header's {len(columns)} fields ({shown}{more}); "
+        f"nothing is embedded rather than a value cut at a separator or a missing one read as empty. Give "
+        f"every row {len(columns)} fields: {fix}"
+    )
+
+
 def items_digest(items: Sequence[Item]) -> str:
     h = hashlib.sha256()
     for item in items:
         h.update(json.dumps([item.path, item.caption]).encode())
     return h.hexdigest()
+
+
+def _released(model: str) -> bool:
+    from ..clip import _MODELS
+
+    return model in _MODELS
+
+
+def model_name(model: str) -> str:
+    """`model` as a collection records it: a released name as is, a path made absolute (so that
+    `clip search` finds it from any folder)."""
+    return model if _released(model) else os.path.abspath(model)
+
+
+def model_sha256(model: str) -> Optional[str]:
+    """What identifies `model` by content: a released name's release SHA256 (part of its URL), a
+    checkpoint file's SHA256, or for a model directory the SHA256 of its weight files; None when
+    `model` is none of these (loading it then fails and says why).
+
+    A file is read once, in chunks (about a second per GB on one core: less than loading it).
+    """
+    from .._download import _expected_sha256
+    from .._formats import DIRECTORY_WEIGHT_FILES
+    from ..clip import _MODELS
+
+    if _released(model):
+        return _expected_sha256(_MODELS[model])
+    directory = os.path.isdir(model)
+    if directory:
+        files = [os.path.join(model, name) for name in DIRECTORY_WEIGHT_FILES]
+        files = [name for name in files if os.path.isfile(name)]
+    elif os.path.isfile(model):
+        files = [model]
+    else:
+        return None
+    hasher = hashlib.sha256()
+    try:
+        for name in files:
+            if directory:  # which file holds which bytes counts too
+                hasher.update(os.path.basename(name).encode() + b"\0")
+            with open(name, "rb") as handle:
+                for chunk in iter(lambda: handle.read(HASH_CHUNK_BYTES), b""):
+                    hasher.update(chunk)
+    except OSError:
+        return None  # unreadable: loading it says why
+    return hasher.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -169,21 +267,37 @@ class RunInfo:
     n_items: int
     items_sha256: str
     captions: bool
+    model_sha256: Optional[str] = None
 
     def as_dict(self) -> Dict[str, Any]:
         return {"format": FORMAT_VERSION, **self.__dict__}
+
+
+# What must be equal for a rerun to resume (the model is compared by content, apart).
+RUN_SETTINGS = ("clip_version", "dtype", "shard_size", "n_items", "items_sha256", "captions")
 
 
 def shard_name(kind: str, shard: int, suffix: str) -> str:
     return f"{kind}-{shard:05d}{suffix}"
 
 
+def _umask() -> int:
+    """The process's umask (reading it means setting it: it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def _atomic(path: Path) -> Iterator[str]:
-    """A temporary file beside `path`, renamed to `path` when the block ends without an error."""
+    """A temporary file beside `path`, renamed to `path` when the block ends without an error.
+
+    mkstemp creates it 0600 whatever the umask; it gets the mode a new file gets (0644 under umask 022).
+    """
     handle, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=path.suffix, dir=path.parent)
     os.close(handle)
     try:
+        os.chmod(temp, NEW_FILE_MODE & ~_umask())
         yield temp
         os.replace(temp, path)
     except BaseException:
@@ -197,12 +311,13 @@ def write_json(path: Path, value: Any) -> None:
         json.dump(value, handle)
 
 
-def check_out(out: Path, run: RunInfo) -> bool:
+def check_out(out: Path, run: RunInfo, legacy_items_sha256: Optional[Callable[[], str]] = None) -> bool:
     """Whether `out` already holds this run (resume), after checking that it may be written.
 
-    Raises CollectionError when `out` holds another run (another model's shards, another source,
-    dtype or shard size), when it is a non-empty folder that no run made, or when it cannot be
-    written. Creates nothing.
+    Raises CollectionError when `out` holds another run (another model's shards, by content; another
+    source, dtype or shard size), when it is a non-empty folder that no run made, or when it cannot
+    be written. Creates nothing. A format-1 run listed its items as spelled on its command line:
+    `legacy_items_sha256` gives the digest of this run's items spelled so.
     """
     if out.exists() and not out.is_dir():
         raise CollectionError(f"-o {out}: exists and is not a folder")
@@ -212,12 +327,17 @@ def check_out(out: Path, run: RunInfo) -> bool:
             previous = json.loads(existing.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise CollectionError(f"{existing} cannot be read ({exc}); use another OUT folder") from exc
-        if previous.get("model") != run.model:
+        version = previous.get("format") if isinstance(previous, dict) else None
+        if version not in (LEGACY_FORMAT, FORMAT_VERSION):
             raise CollectionError(
-                f"-o {out} holds shards of model {previous.get('model')!r}, not {run.model!r}; "
-                "use another OUT folder (or delete this one to start over)"
+                f"{existing}: not a run this clip can resume (format {version!r}, made by "
+                f"another version?); use another OUT folder"
             )
-        mismatched = [key for key, value in run.as_dict().items() if previous.get(key) != value]
+        _check_same_model(out, previous, run)
+        expected = run.as_dict()
+        if previous["format"] == LEGACY_FORMAT and legacy_items_sha256 is not None:
+            expected["items_sha256"] = legacy_items_sha256()
+        mismatched = [key for key in RUN_SETTINGS if previous.get(key) != expected[key]]
         if mismatched:
             raise CollectionError(
                 f"-o {out} holds a run with other settings ({', '.join(mismatched)} differ: the source "
@@ -231,8 +351,48 @@ def check_out(out: Path, run: RunInfo) -> bool:
             f"-o {out}: a folder that is not empty and holds no embeddings; pick an empty or new one"
         )
     parent = out if out.is_dir() else _existing_parent(out)
+    if not parent.is_dir():
+        raise CollectionError(
+            f"-o {out}: cannot create this folder ({parent} is a file); choose one you can create"
+        )
     _check_writable(parent)
     return False
+
+
+def short_digest(digest: str) -> str:
+    """A SHA256 as messages show it."""
+    return f"SHA256 {digest[:SHOWN_DIGEST]}..."
+
+
+def _check_same_model(out: Path, previous: Dict[str, Any], run: RunInfo) -> None:
+    """Refuse to resume with weights other than those of the stored shards (compared by content: a
+    checkpoint replaced at the same path counts as another model, the same file spelled otherwise
+    does not)."""
+    start_over = "use another OUT folder (or delete this one to start over)"
+    before, digest = previous.get("model"), previous.get("model_sha256")
+    if run.model_sha256 is None:
+        return  # no such model: loading it fails and says why
+    if digest is not None:
+        if digest == run.model_sha256:
+            return
+        if before == run.model:
+            raise CollectionError(
+                f"-o {out} holds shards of {before} as it was then ({short_digest(digest)}); that file "
+                f"has changed since ({short_digest(run.model_sha256)}), and resuming would mix two models' "
+                f"features. Put the original file back to resume, or {start_over}"
+            )
+        raise CollectionError(
+            f"-o {out} holds shards of model {before!r} ({short_digest(digest)}), not {run.model!r} "
+            f"({short_digest(run.model_sha256)}); {start_over}"
+        )
+    if before != run.model and not (isinstance(before, str) and model_name(before) == run.model):
+        raise CollectionError(f"-o {out} holds shards of model {before!r}, not {run.model!r}; {start_over}")
+    if not _released(run.model):  # a released name is its weights; a file may have been replaced
+        raise CollectionError(
+            f"-o {out} was started by an older clip that did not record the SHA256 of {before}, so "
+            f"whether that checkpoint is unchanged cannot be verified, and resuming could mix two "
+            f"models' features; {start_over}"
+        )
 
 
 def _existing_parent(path: Path) -> Path:
@@ -249,7 +409,12 @@ def _check_writable(folder: Path) -> None:
 
 def prepare_out(out: Path, run: RunInfo) -> None:
     """Create `out` and record the run in it (nothing else is written before the model is loaded)."""
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CollectionError(
+            f"-o {out}: cannot create this folder ({exc.strerror or exc}); choose one you can create"
+        ) from exc
     for name in os.listdir(out):  # temporary files of an interrupted run
         if name.startswith(TEMP_PREFIX):
             os.remove(out / name)
@@ -298,7 +463,11 @@ def write_manifest(out: Path, run: RunInfo, items: Sequence[Item], n_shards: int
                 "rows": len(record["rows"]),
             }
         )
-    with _atomic(out / ERRORS_FILE) as temp, open(temp, "w", encoding="utf-8", newline="") as handle:
+    # surrogateescape: a file name that is not valid UTF-8 is written as its own bytes
+    with (
+        _atomic(out / ERRORS_FILE) as temp,
+        open(temp, "w", encoding="utf-8", errors="surrogateescape", newline="") as handle,
+    ):
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
         writer.writerow(["path", "reason"])
         writer.writerows(failures)
@@ -314,9 +483,37 @@ def read_manifest(out: Path) -> Dict[str, Any]:
         )
         raise CollectionError(f"{out}: no {MANIFEST_FILE}{hint}; pass the OUT folder of a clip embed run")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise CollectionError(f"{path} cannot be read: {exc}") from exc
+    version = manifest.get("format") if isinstance(manifest, dict) else None
+    if version not in (LEGACY_FORMAT, FORMAT_VERSION):
+        raise CollectionError(
+            f"{path}: not a manifest this clip reads (format {version!r}, made by another "
+            "version?); embed the collection again with this one"
+        )
+    return manifest
+
+
+def open_shard(out: Path, manifest: Dict[str, Any], shard: int, kind: str = "images") -> np.ndarray:
+    """Shard `shard`'s features of `kind`, memory-mapped (``[rows, D]``); a CollectionError naming the
+    file and how to redo it when the file is missing, cut short, or not the rows the manifest lists."""
+    name = manifest["shards"][shard][kind]
+    rows = manifest["shards"][shard]["rows"]
+    try:
+        features = np.load(out / name, mmap_mode="r")
+        problem = (
+            None if features.ndim == 2 and features.shape[0] == rows else f"{features.shape}, not {rows} rows"
+        )
+    except (OSError, ValueError, EOFError) as exc:
+        problem = str(exc)
+    if problem is None:
+        return features
+    raise CollectionError(
+        f"{out}: the collection is damaged: {name} cannot be read ({problem}). To redo that shard, delete "
+        f"{out / shard_name('shard', shard, '.json')} and rerun the clip embed command that made the "
+        "collection (the same SRC and options)"
+    )
 
 
 def top_k(
@@ -330,8 +527,8 @@ def top_k(
     first_item = 0
     best_scores = np.empty(0, dtype=np.float32)
     best_items = np.empty(0, dtype=np.int64)
-    for shard in manifest["shards"]:
-        features = np.load(out / shard[kind], mmap_mode="r")  # [rows, D]
+    for shard in range(len(manifest["shards"])):
+        features = open_shard(out, manifest, shard, kind)  # [rows, D]
         for start in range(0, features.shape[0], SEARCH_CHUNK_ROWS):
             block = np.asarray(features[start : start + SEARCH_CHUNK_ROWS], dtype=np.float32) @ query
             best_scores = np.concatenate([best_scores, block])

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from .common import EXIT_OK
+from .common import EXIT_OK, CommandFailure
 
 DEFAULT_MODEL = "ViT-B/32"
 DEFAULT_BATCH_SIZE = 256
@@ -102,7 +102,7 @@ def _positive(name: str, value: int) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from .. import __version__
-    from .collection import RunInfo, check_out, discover, items_digest, prepare_out
+    from .collection import RunInfo, check_out, discover, items_digest, model_name, model_sha256, prepare_out
     from .common import load_model
 
     _positive("--batch-size", args.batch_size)
@@ -113,18 +113,19 @@ def _run(args: argparse.Namespace) -> int:
         raise CollectionError(f"--workers must be 0 or more, got {args.workers}")
     items, captions = discover(args.src, args.path_column, args.caption_column)
     run = RunInfo(
-        model=args.model,
+        model=model_name(args.model),
         clip_version=__version__,
         dtype=args.dtype,
         shard_size=args.shard_size,
         n_items=len(items),
         items_sha256=items_digest(items),
         captions=captions,
+        model_sha256=model_sha256(args.model),  # by content: a replaced checkpoint is another model
     )
     out = Path(args.out)
     group = _Group.start()
     try:
-        resume = check_out(out, run)
+        resume = check_out(out, run, lambda: items_digest(_as_spelled(args)))
         device = args.device or group.default_device()
         model, preprocess = load_model(args.model, device, args.download_root, args.download)
         group.barrier()  # every rank has checked OUT before rank 0 writes into it
@@ -140,11 +141,23 @@ def _run(args: argparse.Namespace) -> int:
             from .collection import write_manifest
 
             embedded, failed = write_manifest(out, run, items, n_shards)
+            if not embedded:
+                raise CommandFailure(
+                    f"no image could be read ({failed} tried), so nothing was embedded; "
+                    f"{out / 'errors.tsv'} says why for each"
+                )
             note = f"; {failed} could not be read (see {out / 'errors.tsv'})" if failed else ""
             print(f"clip embed: {embedded} images in {n_shards} shards in {out}{note}")
     finally:
         group.stop()
     return EXIT_OK
+
+
+def _as_spelled(args: argparse.Namespace) -> List[Any]:
+    """The items with their paths as a format-1 run listed them: below SRC as spelled (not resolved)."""
+    from .collection import discover
+
+    return discover(args.src, args.path_column, args.caption_column, absolute=False)[0]
 
 
 class _Group:

@@ -1,12 +1,15 @@
 """`clip search OUT "query text"` / `clip search OUT --image FILE`: the closest images of a collection.
 
 Exact cosine similarity over every row of the memory-mapped image shards that `clip embed` wrote,
-with the model recorded in OUT's manifest (unless --model names another checkpoint file of it).
+with the model recorded in OUT's manifest, or --model: either must be the weights the collection was
+embedded with, checked by SHA256 (a manifest made before clip recorded it: --model gets a warning).
+Paths are printed as the manifest holds them (absolute), byte for byte.
 """
 
 import argparse
+import sys
 from pathlib import Path
-from typing import List
+from typing import Any, Dict, List, Optional
 
 from .common import EXIT_OK
 
@@ -51,29 +54,36 @@ def _run(args: argparse.Namespace) -> int:
 
     from ..clip import tokenize
     from .collection import CollectionError, read_manifest, top_k
-    from .common import load_model, open_image
+    from .common import load_model, open_image, print_line, shorten
 
     if args.k < 1:
         raise CollectionError(f"-k must be at least 1, got {args.k}")
     if (args.query is None) == (args.image is None):
         raise CollectionError("pass either a query text or --image FILE (one of them)")
+    if args.query is not None and not args.query.strip():
+        raise CollectionError("the query is empty; give some text to search for")
+    tokens = None
+    if args.query is not None:
+        try:
+            tokens = tokenize([args.query])
+        except RuntimeError as exc:
+            raise CollectionError(
+                f"the query {shorten(args.query)} is too long for the model's context; shorten it"
+            ) from exc
     image = open_image(Path(args.image)) if args.image is not None else None
     out = Path(args.out)
     manifest = read_manifest(out)
     if not manifest["items"]:
         raise CollectionError(f"{out}: the collection is empty (no image could be read)")
     model, preprocess = load_model(
-        args.model or manifest["model"], args.device, args.download_root, args.download
+        _model_of(out, manifest, args.model), args.device, args.download_root, args.download
     )
     device = next(model.parameters()).device
     with torch.no_grad():
         if image is not None:
             query = model.encode_image(preprocess(image).unsqueeze(0).to(device))
         else:
-            try:
-                query = model.encode_text(tokenize([args.query]).to(device))
-            except RuntimeError as exc:  # too long for the context
-                raise CollectionError(f"{exc}; shorten the query") from exc
+            query = model.encode_text(tokens.to(device))
     query = query.float()[0]
     query = (query / query.norm()).cpu().numpy()
     stored_dim = _stored_dim(out, manifest)
@@ -83,14 +93,49 @@ def _run(args: argparse.Namespace) -> int:
             f"{query.shape[0]}: search with the model the collection was embedded with"
         )
     for score, index in top_k(out, manifest, query, args.k):
-        print(f"{score:.4f}\t{manifest['items'][index]['path']}")
+        print_line(f"{score:.4f}\t{manifest['items'][index]['path']}")
     return EXIT_OK
 
 
-def _stored_dim(out: Path, manifest: dict) -> int:
-    import numpy as np
+def _model_of(out: Path, manifest: Dict[str, Any], given: Optional[str]) -> str:
+    """The model to search `out` with: --model, else the manifest's; refused when its weights are not
+    those the collection was embedded with (compared by SHA256: scores against another model's
+    features mean nothing, even at the same width). A manifest of format 1 records no SHA256: a
+    --model other than its model is then used with a warning."""
+    from .collection import CollectionError, model_name, model_sha256, short_digest
+    from .common import shorten
 
-    for shard in manifest["shards"]:
-        if shard["rows"]:
-            return int(np.load(out / shard["images"], mmap_mode="r").shape[1])
+    recorded, digest = manifest["model"], manifest.get("model_sha256")
+    model = recorded if given is None else given
+    if digest is None:
+        if given is not None and model_name(given) != model_name(recorded):
+            print(
+                f"clip search: warning: {out} was embedded by an older clip that did not record the SHA256 "
+                f"of its model {recorded!r}, so whether --model {shorten(given)} is the same model cannot "
+                "be checked; the scores mean nothing if it is not",
+                file=sys.stderr,
+            )
+        return model
+    actual = model_sha256(model)
+    if actual is None or actual == digest:
+        return model  # None: no such model; loading it says so
+    if given is None or model_name(given) == recorded:
+        raise CollectionError(
+            f"{out} was embedded with {recorded} as it was then ({short_digest(digest)}); that file has "
+            f"changed since ({short_digest(actual)}), and its scores against the stored features would "
+            "mean nothing. Put the original file back, or embed the collection again"
+        )
+    raise CollectionError(
+        f"--model {shorten(given)} is not the model {out} was embedded with ({recorded!r}, "
+        f"{short_digest(digest)}; this one: {short_digest(actual)}): its scores against the stored "
+        "features would mean nothing. Search without --model, or embed the collection again with this model"
+    )
+
+
+def _stored_dim(out: Path, manifest: Dict[str, Any]) -> int:
+    from .collection import open_shard
+
+    for shard, entry in enumerate(manifest["shards"]):
+        if entry["rows"]:
+            return int(open_shard(out, manifest, shard).shape[1])
     return 0
