@@ -7,7 +7,7 @@ set's own, or --templates FILE); each image gets the softmax of `clip.zeroshot.p
 
 import argparse
 from pathlib import Path
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 from .common import EXIT_OK
 
@@ -80,6 +80,7 @@ def _lines(path: str, what: str) -> List[str]:
 def _prompts(classes: str, templates: str) -> Tuple[List[str], List[str]]:
     from .. import zeroshot
     from .collection import CollectionError
+    from .common import shorten
 
     if classes in BUILT_IN:
         names_attr, templates_attr = BUILT_IN[classes]
@@ -87,12 +88,35 @@ def _prompts(classes: str, templates: str) -> Tuple[List[str], List[str]]:
     elif Path(classes).is_file():
         names, default_templates = _lines(classes, "classes"), zeroshot.IMAGENET_TEMPLATES
     else:
-        raise CollectionError(f"--classes {classes}: neither {', '.join(BUILT_IN)} nor a file of class names")
+        raise CollectionError(
+            f"--classes {shorten(classes)}: neither {', '.join(BUILT_IN)} nor a file of class names"
+        )
     chosen = _lines(templates, "templates") if templates is not None else list(default_templates)
-    bad = [template for template in chosen if template.count("{}") != 1]
-    if bad:
-        raise CollectionError(f"template {bad[0]!r} must hold one {{}} where the class name goes")
+    for template in chosen:
+        try:
+            template.format("name")
+            fillable = template.count("{}") == 1
+        except (IndexError, KeyError, ValueError):
+            fillable = False
+        if not fillable:
+            raise CollectionError(
+                f"template {shorten(template)} must hold one {{}} where the class name goes (and write a "
+                "literal brace as {{ or }})"
+            )
     return list(names), chosen
+
+
+def _too_long(names: List[str], templates: List[str]) -> Optional[Tuple[str, str]]:
+    """The first (class name, template) whose prompt `clip.tokenize` refuses as too long, or None."""
+    from ..clip import tokenize
+
+    for name in names:
+        for template in templates:
+            try:
+                tokenize([template.format(name)])
+            except RuntimeError:
+                return name, template
+    return None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -100,7 +124,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from .. import zeroshot
     from .collection import CollectionError
-    from .common import load_model, open_image
+    from .common import load_model, open_image, print_line, shorten
 
     if args.k < 1:
         raise CollectionError(f"-k must be at least 1, got {args.k}")
@@ -112,14 +136,20 @@ def _run(args: argparse.Namespace) -> int:
     model, preprocess = load_model(args.model, args.device, args.download_root, args.download)
     try:
         classifier = zeroshot.build_classifier(model, names, templates, batch_size=args.batch_size)
-    except RuntimeError as exc:  # a prompt too long for the context
-        raise CollectionError(f"{exc}; shorten the class name or template") from exc
+    except RuntimeError as exc:  # a prompt too long for the context, or the model failed
+        culprit = _too_long(names, templates)
+        if culprit is None:
+            raise
+        raise CollectionError(
+            f"the prompt of class {shorten(culprit[0])} with template {shorten(culprit[1])} is too long "
+            "for the model's context; shorten the class name or the template"
+        ) from exc
     pixels = torch.stack([preprocess(image) for image in images])
     probs = zeroshot.predict(model, pixels, classifier).softmax(dim=-1).cpu()
     width = max(len(name) for name in names)
     for path, row in zip(args.images, probs):
         values, indices = row.topk(k)
-        print(f"\n{path}")
+        print_line(f"\n{path}")
         for value, index in zip(values.tolist(), indices.tolist()):
             print(f"  {names[index]:<{width}}  {PERCENT * value:6.2f}%")
     return EXIT_OK

@@ -25,6 +25,7 @@ from .common import (
     load_model,
     nonempty_texts,
     open_image,
+    print_line,
     run_command,
     shorten,
 )
@@ -175,6 +176,6 @@ def _too_long(texts: Sequence[str]) -> str:
 def _print_table(out: TextIO, names: List[str], labels: Sequence[str], probs: "np.ndarray") -> None:
     width = max(len(label) for label in labels)
     for name, row in zip(names, probs):
-        print(f"\n{name}", file=out)
+        print_line(f"\n{name}", out)
         for label, p in zip(labels, row):
             print(f"  {label:<{width}}  {PERCENT * float(p):6.2f}%", file=out)
