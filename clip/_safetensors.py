@@ -3,19 +3,20 @@
 Reading memory-maps the file (a private copy-on-write mapping, registered so that
 :mod:`clip._materialize` releases its pages while it copies a built model out of it) and checks
 every header entry against the file before any tensor is made: nothing in such a file is code.
-Writing goes through the ``safetensors`` library, into a temporary file renamed into place.
+Writing goes through the ``safetensors`` library, into a temporary file renamed into place
+(:func:`clip._atomic.replacing`).
 """
 
 import json
 import mmap
 import os
 import struct
-import tempfile
 from typing import Dict, Mapping, Optional
 
 import torch
 
 from ._archive import register_mapping
+from ._atomic import replacing
 from ._errors import CheckpointError
 
 __all__ = ["looks_like_safetensors", "read_safetensors", "write_safetensors"]
@@ -125,17 +126,10 @@ def _standalone(tensor: torch.Tensor) -> torch.Tensor:
 def write_safetensors(
     tensors: Mapping[str, torch.Tensor], path: str, metadata: Optional[Mapping[str, str]] = None
 ) -> None:
-    """Write `tensors` to `path` atomically (a temporary file in the same folder, then a rename)."""
+    """Write `tensors` to `path` atomically (a temporary file in the same folder, then a rename),
+    with the mode ``open()`` gives under the umask; `path` is left as it was on an error or Ctrl-C."""
     from safetensors.torch import save_file
 
     owned = {name: _standalone(tensor) for name, tensor in tensors.items()}
-    directory, base = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
+    with replacing(path) as tmp:
         save_file(owned, tmp, metadata=dict(metadata or {}))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

@@ -1,0 +1,78 @@
+"""Writing an output so that a reader finds the old file or the whole new one, never a part of one.
+
+`replacing(path)` gives a temporary path beside `path`; what is written there replaces `path` in one
+rename when the block ends, or is removed on any error or Ctrl-C. The file gets the mode a plain
+``open(path, "w")`` would give it (0666 less the umask), not tempfile's private 0600.
+`interrupts_held()` holds Ctrl-C back for the few steps that swap an output into place.
+"""
+
+import contextlib
+import os
+import signal
+import tempfile
+import threading
+from typing import Any, Iterator, List
+
+__all__ = ["file_mode", "directory_mode", "replacing", "interrupts_held"]
+
+ALL_FILE_BITS = 0o666  # what open() asks for; the umask takes bits away
+ALL_DIRECTORY_BITS = 0o777  # what mkdir() asks for
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it is to set it
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a new file gets from ``open()`` under the current umask (0644 under umask 022)."""
+    return ALL_FILE_BITS & ~_umask()
+
+
+def directory_mode() -> int:
+    """The mode a new folder gets from ``mkdir()`` under the current umask (0755 under umask 022)."""
+    return ALL_DIRECTORY_BITS & ~_umask()
+
+
+@contextlib.contextmanager
+def replacing(path: str) -> Iterator[str]:
+    """A fresh temporary path in `path`'s folder; when the block ends, the file written there takes
+    `path`'s place (mode: see `file_mode`). On an error or Ctrl-C it is removed, `path` untouched."""
+    directory, base = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Ctrl-C (SIGINT) during the block takes effect when it ends: steps that must not be cut apart.
+
+    Only the main thread receives signals in Python; elsewhere the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: List[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        received.append(signum)
+
+    previous = signal.signal(signal.SIGINT, hold)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        if callable(previous):
+            previous(signal.SIGINT, None)
+        elif previous == signal.SIG_DFL:
+            raise KeyboardInterrupt
