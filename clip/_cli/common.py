@@ -37,6 +37,7 @@ __all__ = [
     "load_model",
     "open_image",
     "checkpoint_to_load",
+    "weights_file",
     "nonempty_texts",
 ]
 
@@ -286,6 +287,31 @@ def checkpoint_to_load(model: str, root: str, allow_download: bool) -> str:
         f"--model {shorten(model)}: neither a released model ({', '.join(available_models())}) nor an "
         "existing checkpoint file"
     )
+
+
+def weights_file(model: str, download_root: Optional[str], download: bool) -> str:
+    """A path to read `model`'s weights from, for commands that read the file themselves (convert,
+    train): `checkpoint_to_load`'s answer, a released model it may download fetched into the cache
+    first. A failed download is a CommandFailure worded for the command line (--download-root)."""
+    from .._download import DownloadError, default_cache_dir
+    from .._sources import fetch_weights
+    from ..clip import _MODELS, _hub_files
+
+    root = download_root or default_cache_dir()
+    checkpoint = checkpoint_to_load(model, root, download_allowed(download))
+    if checkpoint != model or model not in _MODELS:
+        return checkpoint
+    try:
+        return fetch_weights(model, _MODELS[model], _hub_files(model), root).path
+    except DownloadError as exc:
+        reasons = [line for line in exc.problem.splitlines() if line.startswith("  - ")] or [exc.problem]
+        raise CommandFailure(
+            f"cannot download the weights of {model}:\n" + "\n".join(reasons) + "\n"
+            f"To place the file by hand, download {exc.url} and save it as {exc.path}, or use a cache "
+            "directory that holds it: --download-root DIR"
+        ) from exc
+    except ValueError as exc:  # CLIP_WEIGHTS_SOURCE or CLIP_DOWNLOAD_TIMEOUT is invalid
+        raise UsageError(str(exc)) from exc
 
 
 def nonempty_texts(values: List[str], what: str) -> List[str]:

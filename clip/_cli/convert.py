@@ -4,7 +4,9 @@
 SRC is a released model name (looked up on disk like ``clip.load`` does; downloaded only with
 ``--download``) or any file or directory ``clip.load`` reads (release archive, torch.save state
 dict, .safetensors, open_clip, transformers). Nothing from SRC is run, and nothing half-written is
-ever left at DST.
+ever left at DST: DST is checked before SRC is read, written beside its final place and renamed
+into it. ``--force`` replaces only what this command could have written (a model file, or a folder
+holding just config.json and model.safetensors of a CLIPModel), never a folder of other files.
 """
 
 import argparse
@@ -12,9 +14,9 @@ import json
 import os
 import shutil
 import tempfile
-from typing import TYPE_CHECKING, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Tuple
 
-from .common import EXIT_OK, CommandFailure, UsageError, run_command
+from .common import EXIT_OK, CommandFailure, UsageError, run_command, shorten, weights_file
 
 if TYPE_CHECKING:
     import torch
@@ -28,6 +30,9 @@ DTYPES = (RELEASE_DTYPES, "float32", "float16", "bfloat16")
 HF_WEIGHTS_FILE = "model.safetensors"
 HF_CONFIG_FILE = "config.json"
 RELEASE_METADATA = {"format": "pt", "layout": "openai-clip-release"}
+HF_MODEL_TYPE = "clip"  # config.json's model_type in a transformers CLIPModel folder
+NAMES_SHOWN = 3  # files of a refused DST folder named in the message
+INTERRUPTED = "DST was left as it was"
 EPILOG = """\
 examples:
   clip convert ViT-B/32 vit-b-32.safetensors               the cached release, as .safetensors
@@ -69,60 +74,134 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--download", action="store_true", help="download a released model missing from disk")
-    parser.add_argument("--force", action="store_true", help="replace DST if it exists")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help=(
+            "replace DST if it is a model this command could have written: a .safetensors or PyTorch "
+            "checkpoint file, or with --to hf a folder holding only config.json and model.safetensors "
+            "of a CLIPModel (never a folder of other files)"
+        ),
+    )
     return parser
 
 
 def main(argv: List[str]) -> int:
     """Run ``clip convert`` with `argv`; return the exit status."""
-    return run_command("clip convert", _parser(), _run, argv)
+    return run_command("clip convert", _parser(), _run, argv, interrupted=INTERRUPTED)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .._download import DownloadError
     from .._errors import CheckpointError
+    from ..clip import _MODELS
 
-    if os.path.lexists(args.dst) and not args.force:
-        raise UsageError(f"{args.dst} exists; pass --force to replace it")
     if args.to == "hf" and args.dtype not in (RELEASE_DTYPES, "float32"):
         raise UsageError(
             f"--to hf writes float32 weights; --dtype {args.dtype} applies to .safetensors output"
         )
+    if args.src not in _MODELS and not os.path.exists(args.src):
+        raise UsageError(
+            f"SRC {shorten(args.src)} is neither a released model ({', '.join(_MODELS)}) nor a file or "
+            "directory"
+        )
+    _check_destination(args.dst, args.to, args.force)
+    source = weights_file(args.src, args.download_root, args.download) if args.src in _MODELS else args.src
     try:
-        source = _source_path(args.src, args.download_root, args.download)
         weights = _release_weights(source)
         if args.to == "hf":
-            _write_hf(weights, args.dst)
+            config, tensors = _hf_model(weights)  # ValueError for ResNet models, before anything is written
         else:
-            _write_release(_cast(weights, args.dtype), args.dst)
-    except (CheckpointError, DownloadError, ValueError, OSError) as exc:
-        raise CommandFailure(f"cannot convert {args.src!r}: {exc}") from exc
+            tensors = _cast(weights, args.dtype)
+    except (CheckpointError, ValueError, OSError) as exc:
+        raise CommandFailure(f"cannot convert {shorten(args.src)}: {exc}") from exc
+    try:
+        if args.to == "hf":
+            _write_hf(config, tensors, args.dst)
+        else:
+            _write_release(tensors, args.dst)
+    except OSError as exc:
+        raise CommandFailure(f"cannot write DST {shorten(args.dst)}: {exc.strerror or exc}") from exc
     kind = "a transformers CLIPModel directory" if args.to == "hf" else "release-layout .safetensors"
     print(f"wrote {args.dst} ({kind})")
     return EXIT_OK
 
 
-def _source_path(src: str, download_root: Optional[str], download: bool) -> str:
-    from .._download import default_cache_dir
-    from .._sources import fetch_weights, find_on_disk
-    from ..clip import _MODELS, _hub_files
+# ------------------------------------------------------------------------------------------------
+# DST: checked before SRC is read
 
-    if src not in _MODELS:
-        if not os.path.exists(src):
-            raise UsageError(
-                f"{src} is neither a released model ({', '.join(_MODELS)}) nor a file or directory"
-            )
-        return src
-    root = download_root or default_cache_dir()
-    if download:
-        return fetch_weights(src, _MODELS[src], _hub_files(src), root).path
-    located = find_on_disk(_MODELS[src], _hub_files(src), root)
-    if located is None:
+
+def _check_destination(dst: str, to: str, force: bool) -> None:
+    """A UsageError when DST cannot be written, or exists and may not be replaced (see --force)."""
+    shown = shorten(dst)
+    parent = os.path.dirname(os.path.abspath(dst))
+    if not os.path.isdir(parent):
+        state = "is not a folder" if os.path.exists(parent) else "does not exist"
+        raise UsageError(f"cannot write DST {shown}: its folder {parent} {state}; create it first")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
         raise UsageError(
-            f"the weights of {src} are not on disk (cache directory {root}, or the Hugging Face cache); "
-            "add --download to fetch them"
+            f"cannot write DST {shown}: no file can be created in {parent} ({exc.strerror})"
+        ) from exc
+    if not os.path.lexists(dst):
+        return
+    problem = _hf_folder_problem(dst) if to == "hf" else _model_file_problem(dst)
+    if problem:
+        raise UsageError(
+            f"DST {shown} exists and {problem}; --force replaces only a model this command could have "
+            "written. Choose another DST, or move it away yourself"
         )
-    return located.path
+    if not force:
+        raise UsageError(f"{dst} exists; pass --force to replace it")
+
+
+def _model_file_problem(dst: str) -> str:
+    """Why the existing `dst` is not a model file --force may replace ("" when it is one)."""
+    from .._archive import ZIP_MAGIC, sniff
+    from .._formats import LEGACY_TORCH_MAGIC
+    from .._safetensors import looks_like_safetensors
+
+    if os.path.isdir(dst):
+        return f"is a folder; name the file to write, e.g. {os.path.join(dst, 'model.safetensors')}"
+    if not os.path.isfile(dst):
+        return "is not a regular file"
+    head = sniff(dst)
+    legacy = head.startswith(b"\x80\x02\x8a\x0a" + LEGACY_TORCH_MAGIC.to_bytes(10, "little"))
+    if head.startswith(ZIP_MAGIC) or legacy or looks_like_safetensors(head, os.path.getsize(dst)):
+        return ""
+    return "is not a model file (neither .safetensors nor a PyTorch checkpoint)"
+
+
+def _hf_folder_problem(dst: str) -> str:
+    """Why the existing `dst` is not a CLIPModel folder --force may replace ("" when it is one)."""
+    if os.path.islink(dst) or not os.path.isdir(dst):
+        return "is not a folder (--to hf writes a folder)"
+    here = os.path.realpath(os.getcwd())
+    target = os.path.realpath(dst)
+    if here == target or here.startswith(target.rstrip(os.sep) + os.sep):
+        return "is the working folder or a folder above it"
+    others = sorted(set(os.listdir(dst)) - {HF_CONFIG_FILE, HF_WEIGHTS_FILE})
+    if others:
+        more = f" and {len(others) - NAMES_SHOWN} more" if len(others) > NAMES_SHOWN else ""
+        return f"holds other files than a CLIPModel ({', '.join(map(repr, others[:NAMES_SHOWN]))}{more})"
+    config = os.path.join(dst, HF_CONFIG_FILE)
+    if os.path.lexists(config) and _read_json(config).get("model_type") != HF_MODEL_TYPE:
+        return f"holds a {HF_CONFIG_FILE} that is not a CLIPModel's"
+    return ""
+
+
+def _read_json(path: str) -> Dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            value = json.load(handle)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+# ------------------------------------------------------------------------------------------------
+# SRC -> weights -> DST
 
 
 def _release_weights(path: str) -> "Dict[str, torch.Tensor]":
@@ -150,29 +229,48 @@ def _write_release(weights: "Dict[str, torch.Tensor]", dst: str) -> None:
     write_safetensors(weights, dst, RELEASE_METADATA)
 
 
-def _write_hf(weights: "Dict[str, torch.Tensor]", dst: str) -> None:
+def _hf_model(weights: "Dict[str, torch.Tensor]") -> "Tuple[Dict[str, Any], Dict[str, torch.Tensor]]":
+    """(config.json's content, float32 tensors in transformers' layout); ValueError for a ResNet."""
     import torch
 
     from .._layouts import hf_config, hf_from_release
-    from .._safetensors import write_safetensors
     from ..model import CLIPDimensions
 
-    dims = CLIPDimensions.from_state_dict(weights)
-    config = hf_config(dims)  # ValueError for ResNet models, before anything is written
-    tensors = {k: v.to(torch.float32) for k, v in hf_from_release(weights).items()}
-    parent = os.path.dirname(os.path.abspath(dst))
-    os.makedirs(parent, exist_ok=True)
-    scratch = tempfile.mkdtemp(prefix=f".{os.path.basename(dst)}.", dir=parent)
+    config = hf_config(CLIPDimensions.from_state_dict(weights))
+    return config, {k: v.to(torch.float32) for k, v in hf_from_release(weights).items()}
+
+
+def _write_hf(config: Dict[str, Any], tensors: "Dict[str, torch.Tensor]", dst: str) -> None:
+    """The folder `dst`, written whole beside it and swapped into place (Ctrl-C held for the swap)."""
+    from .._atomic import directory_mode, interrupts_held
+    from .._safetensors import write_safetensors
+
+    parent, base = os.path.split(os.path.abspath(dst))
+    scratch = tempfile.mkdtemp(prefix=f".{base}.", dir=parent)
     try:
+        os.chmod(scratch, directory_mode())  # mkdtemp's folders are private (0700)
         write_safetensors(tensors, os.path.join(scratch, HF_WEIGHTS_FILE), {"format": "pt"})
         with open(os.path.join(scratch, HF_CONFIG_FILE), "w", encoding="utf-8") as handle:
             json.dump(config, handle, indent=2)
             handle.write("\n")
-        if os.path.isdir(dst) and not os.path.islink(dst):
-            shutil.rmtree(dst)
-        elif os.path.lexists(dst):
-            os.remove(dst)
-        os.replace(scratch, dst)  # the complete directory appears at once
+        with interrupts_held():
+            _swap_in(scratch, os.path.abspath(dst))
     except BaseException:
         shutil.rmtree(scratch, ignore_errors=True)
         raise
+
+
+def _swap_in(scratch: str, dst: str) -> None:
+    """Put the folder `scratch` at `dst`; an old `dst` is moved aside first and removed only after."""
+    if not os.path.lexists(dst):
+        os.replace(scratch, dst)
+        return
+    parent, base = os.path.split(dst)
+    aside = tempfile.mkdtemp(prefix=f".{base}.replaced.", dir=parent)
+    os.replace(dst, aside)  # onto an empty folder: allowed
+    try:
+        os.replace(scratch, dst)
+    except BaseException:
+        os.replace(aside, dst)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
