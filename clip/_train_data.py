@@ -1,8 +1,9 @@
 """Image-caption pairs from a CSV/TSV file, for `clip.train`: rows read once, images on demand.
 
 Rows with an empty caption are dropped when the file is read; rows whose image is missing or
-unreadable are skipped when they are met (the next usable row takes their place, so batches keep
-their size on every rank). Both are counted, never fatal.
+unreadable (not an image, truncated, or so large Pillow refuses it as a possible decompression
+bomb) are skipped when they are met (the next usable row takes their place, so batches keep their
+size on every rank). Both are counted, never fatal, unless no row at all has a readable image.
 """
 
 import csv
@@ -15,6 +16,7 @@ from torch.utils.data import Dataset
 
 __all__ = ["CsvDataset", "collate", "default_separator", "LABEL_KEY"]
 
+EXAMPLES_SHOWN = 3  # missing image files named in a message
 LABEL_KEY = "label"  # an optional column of validation files: the class name, for zero-shot accuracy
 CSV_SUFFIX = ".csv"
 Sample = Tuple[torch.Tensor, torch.Tensor, Tuple[int, ...]]  # (image (3, R, R), tokens (L,), bad rows passed)
@@ -49,7 +51,7 @@ class CsvDataset(Dataset):
         self.path = path
         self.transform = transform
         self.tokenize = tokenize
-        folder = Path(path).resolve().parent
+        self.folder = folder = Path(path).resolve().parent
         with open(path, newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle, delimiter=separator)
             columns = reader.fieldnames or []
@@ -84,13 +86,43 @@ class CsvDataset(Dataset):
 
     def load_image(self, index: int) -> Optional[torch.Tensor]:
         """The preprocessed image of row `index`, or None when it is missing or unreadable."""
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
         try:
             with Image.open(self.images[index]) as image:
                 return self.transform(image)
-        except (OSError, UnidentifiedImageError, ValueError):
+        # OSError covers a missing file and Pillow's UnidentifiedImageError; SyntaxError and EOFError
+        # are what some of its decoders raise for a damaged file
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
             return None
+
+    def missing_files(self) -> List[str]:
+        """The image paths of the rows whose file does not exist."""
+        return [path for path in self.images if not os.path.exists(path)]
+
+    def missing_note(self) -> str:
+        """ " (N of them name a missing image file, e.g. ...)", or "" when every file exists."""
+        missing = self.missing_files()
+        if not missing:
+            return ""
+        examples = ", ".join(map(repr, missing[:EXAMPLES_SHOWN]))
+        return f" ({len(missing)} of them name a missing image file, e.g. {examples})"
+
+    def first_readable(self) -> int:
+        """The first row whose image can be read; a ValueError that says why when no row's can."""
+        for row in range(len(self)):
+            if self.load_image(row) is not None:
+                return row
+        missing = self.missing_files()
+        if len(missing) == len(self):
+            examples = ", ".join(map(repr, missing[:EXAMPLES_SHOWN]))
+            raise ValueError(
+                f"{self.path}: the image files of all {len(self)} rows are missing (e.g. {examples}); "
+                f"relative paths are read from the file's folder ({self.folder}), then the working directory"
+            )
+        raise ValueError(
+            f"{self.path}: none of its {len(self)} rows has a readable image{self.missing_note()}"
+        )
 
     def __getitem__(self, index: int) -> Sample:
         for offset in range(len(self)):

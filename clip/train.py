@@ -14,7 +14,8 @@ step; the logit scale clamped at ln(100) after every step, as in the paper; mast
 whatever the checkpoint holds (released weights are fp16: training them in fp16 gives NaNs); the
 amp modes compute under `torch.autocast`. Checkpoints (``LOGS/checkpoints/epoch_N.pt``) are written
 atomically and hold ``{"state_dict": ...}`` beside the optimizer state: `clip.load` reads them, and
-``resume`` continues from one to the result an uninterrupted run gives.
+``resume`` continues from one to the result an uninterrupted run gives. A ``LOGS`` folder that
+already holds a run is refused unless that run is resumed (see clip/_train_run.py).
 """
 
 import contextlib
@@ -25,10 +26,8 @@ import logging
 import math
 import numbers
 import os
-import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Set, Tuple
 
 import torch
@@ -37,10 +36,34 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._train_data import CsvDataset, collate, default_separator
+from ._train_run import (
+    CHECKPOINT_DIR,
+    LATEST,
+    LOG_FILE,
+    append_log,
+    check_logs,
+    latest_checkpoint,
+    one_line,
+    read_resume,
+    save_checkpoint,
+)
 from .loss import ClipLoss, contrastive_loss
-from .model import CLIP, CLIPDimensions
+from .model import CLIP, HEAD_WIDTH, RESNET_TOTAL_STRIDE, CLIPDimensions
 
-__all__ = ["TrainConfig", "train", "cosine_lr", "parameter_groups", "build_from_config", "PRECISIONS"]
+__all__ = [
+    "TrainConfig",
+    "train",
+    "cosine_lr",
+    "parameter_groups",
+    "build_from_config",
+    "read_model_config",
+    "check_logs",
+    "latest_checkpoint",
+    "PRECISIONS",
+    "CHECKPOINT_DIR",
+    "LOG_FILE",
+    "LATEST",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +72,18 @@ MAX_LOGIT_SCALE = math.log(100)  # the paper clips the temperature so logits are
 ADAM_BETAS = (0.9, 0.98)  # open_clip's (and the paper's) values for ViT training
 ADAM_EPS = 1e-6
 FUSED_ADAMW_DEVICES = ("cpu", "cuda")
-CHECKPOINT_DIR = "checkpoints"
-CHECKPOINT_RE = re.compile(r"^epoch_(\d+)\.pt$")
-LOG_FILE = "out.log"
-LATEST = "latest"
+TOKENIZER_VOCAB = 49408  # ids clip.tokenize makes: 0 to 49407 (the end-of-text token)
+CONFIG_INT_FIELDS = (
+    "embed_dim",
+    "image_resolution",
+    "vision_width",
+    "context_length",
+    "vocab_size",
+    "transformer_width",
+    "transformer_heads",
+    "transformer_layers",
+)
+RESNET_STAGES = 4  # a ResNet image tower's vision_layers: blocks in each of its 4 stages
 PERCENT = 100.0
 
 
@@ -158,19 +189,64 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> List[Dict[str, An
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_from_config(path: str) -> CLIP:
-    """A freshly initialised fp32 CLIP from a JSON file of `CLIPDimensions` fields."""
-    with open(path, encoding="utf-8") as handle:
-        dims = json.load(handle)
+def read_model_config(path: str) -> Dict[str, Any]:
+    """The `CLIPDimensions` fields in the JSON file `path`, checked: a ValueError names the file and
+    the key of the first value that cannot make a CLIP, and what it must be."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            dims = json.load(handle)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--model-config {path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"--model-config {path}: not a UTF-8 text file of JSON") from exc
     fields = [f.name for f in dataclasses.fields(CLIPDimensions)]
     if not isinstance(dims, dict) or sorted(dims) != sorted(fields):
         given = sorted(dims) if isinstance(dims, dict) else type(dims).__name__
         raise ValueError(
             f"--model-config {path}: expected a JSON object with exactly the keys {fields}; got {given}"
         )
-    if isinstance(dims["vision_layers"], list):
-        dims["vision_layers"] = tuple(dims["vision_layers"])
-    return CLIP(**dims)
+
+    def bad(key: str, must: str) -> ValueError:
+        return ValueError(f"--model-config {path}: {key!r} must be {must}; got {dims[key]!r}")
+
+    def positive(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+    for key in CONFIG_INT_FIELDS:
+        if not positive(dims[key]):
+            raise bad(key, "a positive integer")
+    layers, patch = dims["vision_layers"], dims["vision_patch_size"]
+    resnet = isinstance(layers, list)
+    if resnet and (len(layers) != RESNET_STAGES or not all(map(positive, layers))):
+        raise bad("vision_layers", f"a positive integer (ViT) or a list of {RESNET_STAGES} (ResNet)")
+    if not resnet and not positive(layers):
+        raise bad("vision_layers", f"a positive integer (ViT) or a list of {RESNET_STAGES} (ResNet)")
+    if not resnet and not (positive(patch) and patch <= dims["image_resolution"]):
+        raise bad("vision_patch_size", "a positive integer no larger than 'image_resolution' for a ViT")
+    if resnet and patch is not None:
+        raise bad("vision_patch_size", "null for a ResNet image tower")
+    if not resnet and dims["vision_width"] % HEAD_WIDTH:
+        raise bad("vision_width", f"a multiple of {HEAD_WIDTH} for a ViT (its heads are {HEAD_WIDTH} wide)")
+    if resnet and dims["vision_width"] % 2:
+        raise bad("vision_width", "an even number for a ResNet (its attention pooling has width / 2 heads)")
+    if resnet and dims["image_resolution"] % RESNET_TOTAL_STRIDE:
+        raise bad("image_resolution", f"a multiple of {RESNET_TOTAL_STRIDE} for a ResNet")
+    if dims["transformer_width"] % dims["transformer_heads"]:
+        raise bad("transformer_heads", f"a divisor of 'transformer_width' ({dims['transformer_width']})")
+    if dims["vocab_size"] < TOKENIZER_VOCAB:
+        raise bad("vocab_size", f"at least {TOKENIZER_VOCAB}, the number of token ids clip.tokenize makes")
+    if resnet:
+        dims["vision_layers"] = tuple(layers)
+    return dims
+
+
+def build_from_config(path: str) -> CLIP:
+    """A freshly initialised fp32 CLIP from a JSON file of `CLIPDimensions` fields (`read_model_config`)."""
+    dims = read_model_config(path)
+    try:
+        return CLIP(**dims)
+    except (RuntimeError, OverflowError, MemoryError) as exc:  # sizes too large to allocate
+        raise ValueError(f"--model-config {path}: cannot build this model ({one_line(exc)})") from exc
 
 
 def _load_model(config: TrainConfig) -> CLIP:
@@ -226,21 +302,28 @@ def _init_distributed() -> _Distributed:
     return _Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owns)
 
 
-def _save_atomically(obj: Any, path: Path) -> None:
-    partial = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def _resume(
+    path: str, model: CLIP, optimizer: torch.optim.Optimizer, scaler: Optional["torch.amp.GradScaler"]
+) -> int:
+    """Load the checkpoint at `path` into the run; the epoch it ends. ValueError when it does not fit."""
+    checkpoint = read_resume(path)
     try:
-        torch.save(obj, partial)
-        os.replace(partial, path)
-    finally:
-        if partial.exists():
-            partial.unlink()
-
-
-def latest_checkpoint(logs: str) -> Optional[Path]:
-    """The checkpoint of the highest epoch in ``LOGS/checkpoints``, or None."""
-    folder = Path(logs) / CHECKPOINT_DIR
-    found = [(int(m.group(1)), p) for p in folder.glob("epoch_*.pt") if (m := CHECKPOINT_RE.match(p.name))]
-    return max(found)[1] if found else None
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as exc:
+        raise ValueError(
+            f"--resume {path}: its weights do not fit this model ({one_line(exc, skip_first=True)}); "
+            "resume with the run's own --model or --model-config"
+        ) from exc
+    try:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise ValueError(
+            f"--resume {path}: its optimizer state does not fit this run ({one_line(exc)}); resume with "
+            "the run's own --lock-image and --lock-text"
+        ) from exc
+    if scaler is not None and checkpoint.get("scaler"):
+        scaler.load_state_dict(checkpoint["scaler"])
+    return int(checkpoint["epoch"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -340,6 +423,7 @@ def train(config: TrainConfig) -> List[Dict[str, Any]]:
     image_to_text_r1, text_to_image_r1 (percent), zero_shot_top1 (percent, with labels).
     """
     config.validate()
+    check_logs(config.logs, config.resume)  # every rank, before any of them writes
     env = _init_distributed()
     try:
         return _train(config, env)
@@ -379,10 +463,11 @@ def _train(config: TrainConfig, env: _Distributed) -> List[Dict[str, Any]]:
     if config.val_data is not None:
         val_separator = config.csv_separator or default_separator(config.val_data)
         val_set = CsvDataset(config.val_data, *keys, val_separator, transform, tokens_of)
+    train_set.first_readable()  # a ValueError that says why when no row has a readable image
     if len(train_set) < config.batch_size * env.world:
         raise ValueError(
-            f"{config.train_data}: {len(train_set)} usable rows, fewer than one global batch "
-            f"({config.batch_size} x {env.world} processes); lower --batch-size"
+            f"{config.train_data}: {len(train_set)} usable rows{train_set.missing_note()}, fewer than one "
+            f"global batch ({config.batch_size} x {env.world} processes); lower --batch-size"
         )
     # the same permutation per epoch (seed + epoch) for any number of ranks: rank r takes every
     # world-th index, so a global batch holds the same pairs as one process's batch of world x size
@@ -413,12 +498,7 @@ def _train(config: TrainConfig, env: _Distributed) -> List[Dict[str, Any]]:
     start_epoch = 0
     resume = latest_checkpoint(config.logs) if config.resume == LATEST else config.resume
     if resume is not None:
-        checkpoint = torch.load(resume, map_location="cpu", weights_only=True)
-        model.load_state_dict(checkpoint["state_dict"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        if scaler is not None and checkpoint.get("scaler"):
-            scaler.load_state_dict(checkpoint["scaler"])
-        start_epoch = int(checkpoint["epoch"])
+        start_epoch = _resume(str(resume), model, optimizer, scaler)
         if env.main:
             logger.info("resumed from %s at epoch %d", resume, start_epoch)
 
@@ -429,15 +509,10 @@ def _train(config: TrainConfig, env: _Distributed) -> List[Dict[str, Any]]:
         )
     loss_fn = ClipLoss(gather_with_grad=True)  # exact single-process gradients (see ClipLoss)
 
-    logs = Path(config.logs)
-    if env.main:
-        (logs / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
-
     def report(entry: Dict[str, Any]) -> None:  # rank 0: the console (logging) and LOGS/out.log
         line = _describe(entry, config.epochs)
         logger.info(line)
-        with open(logs / LOG_FILE, "a", encoding="utf-8") as handle:
-            handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {line}\n")
+        append_log(config.logs, line)
 
     history: List[Dict[str, Any]] = []
     if val_set is not None and start_epoch == 0 and env.main:
@@ -475,7 +550,7 @@ def _train(config: TrainConfig, env: _Distributed) -> List[Dict[str, Any]]:
                         k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in vars(config).items()
                     },
                 }
-                _save_atomically(state, logs / CHECKPOINT_DIR / f"epoch_{done}.pt")
+                save_checkpoint(state, config.logs, done)
             report(entry)
         history.append(entry)
         if env.world > 1:

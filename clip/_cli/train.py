@@ -11,18 +11,20 @@ import logging
 import sys
 from typing import List
 
-from .common import EXIT_OK, CommandFailure, UsageError, run_command
+from .common import EXIT_OK, CommandFailure, UsageError, run_command, weights_file
 
 __all__ = ["main"]
 
 END_OF_LAUNCHER_OPTIONS = "--"
+INTERRUPTED = "the checkpoints saved so far are kept; continue with --resume latest and the same --logs"
 
 EPILOG = """\
 data:
   A CSV/TSV file whose first line names the columns; --csv-img-key names the image-path column
   (relative paths: the file's folder, then the working directory) and --csv-caption-key the
-  caption column. Rows with an empty caption, a missing file or an unreadable image are counted
-  and skipped. A validation file may have a "label" column: the epoch line then shows zero-shot
+  caption column. Rows with an empty caption, a missing file or an unreadable image (including
+  one too large to decode safely) are counted and skipped; a file none of whose images can be
+  read is refused. A validation file may have a "label" column: the epoch line then shows zero-shot
   top-1 accuracy over its distinct labels (each label's text is its prompt); otherwise
   image-to-text and text-to-image recall@1.
 
@@ -33,7 +35,17 @@ precision:
 
 output (rank 0 only under torchrun):
   LOGS/out.log, and LOGS/checkpoints/epoch_N.pt every --save-frequency epochs and at the end;
-  clip.load reads them. --resume FILE (or "latest") continues a run where it stopped.
+  clip.load reads them. Each checkpoint is written whole or not at all, and nothing is created
+  before the first one or the first log line. Ctrl-C keeps the checkpoints saved so far.
+
+one folder per run:
+  A LOGS folder that already holds a run (out.log or a checkpoint) is refused. For a new run,
+  pass another --logs; to continue that run where it stopped, --resume latest (or --resume
+  LOGS/checkpoints/epoch_N.pt). A checkpoint from another folder resumes into a new --logs.
+
+weights (--model):
+  A released model is read from the cache (--download-root, else $CLIP_CACHE_DIR, else
+  ~/.cache/clip) and downloaded only with --download (or CLIP_ALLOW_DOWNLOAD=1).
 
 examples:
   clip train --train-data train.csv --val-data val.csv --model ViT-B/32 --epochs 5 \\
@@ -67,6 +79,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", help="a released model name or a checkpoint file clip.load reads")
     p.add_argument(
+        "--download-root",
+        default=None,
+        metavar="DIR",
+        help="cache directory of released weights (default: $CLIP_CACHE_DIR, else ~/.cache/clip)",
+    )
+    p.add_argument(
+        "--download", action="store_true", help="download a released --model missing from the cache"
+    )
+    p.add_argument(
         "--model-config",
         metavar="FILE.json",
         help="train from scratch: JSON of clip.model.CLIPDimensions fields",
@@ -91,9 +112,14 @@ def _parser() -> argparse.ArgumentParser:
         default=d.save_frequency,
         help="save every N epochs (and after the last)",
     )
-    p.add_argument("--resume", metavar="FILE", help='checkpoint to continue from, or "latest" in --logs')
     p.add_argument(
-        "--logs", default=d.logs, metavar="DIR", help=f"log and checkpoint folder (default: {d.logs})"
+        "--resume", metavar="FILE", help='checkpoint to continue from, or "latest" (the last one in --logs)'
+    )
+    p.add_argument(
+        "--logs",
+        default=d.logs,
+        metavar="DIR",
+        help=f"the run's log and checkpoint folder; one holding a run needs --resume (default: {d.logs})",
     )
     p.add_argument("--seed", type=int, default=d.seed, help=f"(default: {d.seed})")
     return p
@@ -104,17 +130,24 @@ def main(argv: List[str]) -> int:
     # `torchrun ... -m clip train -- FLAGS`: the -- keeps torchrun's parser off our flags (it
     # rejects --logs as an abbreviation of its --logs-specs); this command takes no positionals
     argv = [arg for arg in argv if arg != END_OF_LAUNCHER_OPTIONS]
-    return run_command("clip train", _parser(), _run, argv)
+    return run_command("clip train", _parser(), _run, argv, interrupted=INTERRUPTED)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..train import TrainConfig, train
+    from ..train import TrainConfig, check_logs, read_model_config, train
 
-    config = TrainConfig(**vars(args))
-    try:
+    fields = vars(args)
+    download, download_root = fields.pop("download"), fields.pop("download_root")
+    config = TrainConfig(**fields)
+    try:  # the inputs a user can fix, checked before anything is loaded or written
         config.validate()
+        check_logs(config.logs, config.resume)
+        if config.model_config is not None:
+            read_model_config(config.model_config)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+    if config.model is not None:
+        config.model = weights_file(config.model, download_root, download)
     log = logging.getLogger("clip.train")
     handler = logging.StreamHandler(sys.stdout)
     log.addHandler(handler)
