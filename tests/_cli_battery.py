@@ -1,13 +1,19 @@
 """A harness for hostile command lines: run `clip` in a subprocess and judge how it failed.
 
 `run_clip` runs ``python -m clip ARGS`` in a folder (no download permission, an empty weights cache,
-warnings off) and returns a :class:`Ran`. `snapshot` lists a folder's files with their SHA256 and
-mode, to compare before and after. `assert_one_line_error` checks the contract every subcommand keeps
-for expected failures: the exit status, exactly one ``clip ...: error: ...`` line on stderr that
-contains what the test names, and no traceback.
+warnings off) and returns a :class:`Ran`. It runs in a subprocess that stays up for the session
+(tests/_cli_worker.py: torch and clip imported once, each command run as ``python -m clip`` runs it,
+with its own environment, working folder and umask), so that a case costs its own work and not
+four seconds of importing torch; ``fresh=True`` starts a new process for the one command instead.
+`interrupt_clip` always starts a new process, to send it Ctrl-C. `snapshot` lists a folder's files
+with their SHA256 and mode, to compare before and after. `assert_one_line_error` checks the
+contract every subcommand keeps for expected failures: the exit status, exactly one
+``clip ...: error: ...`` line on stderr that contains what the test names, and no traceback.
 """
 
+import atexit
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -34,18 +40,70 @@ def clip_environment(cwd: Path, extra: Optional[Dict[str, str]] = None) -> Dict[
     return env
 
 
-def run_clip(args: Sequence[str], cwd: Path, env: Optional[Dict[str, str]] = None) -> Ran:
-    """``python -m clip ARGS`` run in `cwd`; its exit status, stdout and stderr."""
+def run_clip(
+    args: Sequence[str], cwd: Path, env: Optional[Dict[str, str]] = None, fresh: bool = False
+) -> Ran:
+    """``python -m clip ARGS`` run in `cwd` (in the shared worker, or a new process if `fresh`)."""
+    environment = clip_environment(cwd, env)
+    if not fresh:
+        return _worker().run([str(arg) for arg in args], cwd, environment)
     done = subprocess.run(
         [sys.executable, "-m", "clip", *map(str, args)],
         cwd=cwd,
-        env=clip_environment(cwd, env),
+        env=environment,
         capture_output=True,
         text=True,
         errors="replace",
         timeout=TIMEOUT_S,
     )
     return Ran(done.returncode, done.stdout, done.stderr)
+
+
+class _Worker:
+    """The subprocess of tests/_cli_worker.py, fed one command line at a time."""
+
+    def __init__(self) -> None:
+        script = Path(__file__).with_name("_cli_worker.py")
+        environment = {**os.environ, "PYTHONWARNINGS": "ignore"}
+        self.process = subprocess.Popen(
+            [sys.executable, str(script)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=environment,
+            text=True,
+            encoding="utf-8",
+        )
+        atexit.register(self.stop)
+
+    def run(self, args: Sequence[str], cwd: Path, env: Dict[str, str]) -> Ran:
+        umask = os.umask(0)
+        os.umask(umask)  # read, not changed: the caller's umask is the command's
+        request = {"args": list(args), "cwd": str(cwd), "env": env, "umask": umask}
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        assert line, f"the clip worker died (exit status {self.process.poll()})"
+        answer = json.loads(line)
+        return Ran(answer["code"], answer["out"], answer["err"])
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> None:
+        if self.alive():
+            self.process.kill()
+            self.process.wait()
+
+
+_shared: Optional[_Worker] = None
+
+
+def _worker() -> _Worker:
+    global _shared
+    if _shared is None or not _shared.alive():
+        _shared = _Worker()
+    return _shared
 
 
 def interrupt_clip(
