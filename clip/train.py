@@ -433,75 +433,19 @@ def train(config: TrainConfig) -> List[Dict[str, Any]]:
 
 
 def _train(config: TrainConfig, env: _Distributed) -> List[Dict[str, Any]]:
-    from torch.utils.data import DataLoader
-    from torch.utils.data.distributed import DistributedSampler
+    """The training run of this process: model, data, optimiser, then the epochs; the epochs' lines."""
     from tqdm import tqdm
-
-    from ._preprocess import _transform
-    from ._tokenize import tokenize
 
     device = torch.device(f"cuda:{env.local_rank}" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
     torch.manual_seed(config.seed)
-    model = _load_model(config).float().to(device)  # fp32 master weights whatever the file holds
-    if config.lock_image:
-        model.lock_image_tower()
-    if config.lock_text:
-        model.lock_text_tower()
-    if config.grad_checkpointing:
-        model.set_grad_checkpointing(True)
-
-    # picklable (a partial of a module-level function): data loader workers may be spawned
-    tokens_of = functools.partial(tokenize, context_length=model.context_length, truncate=True)
-
-    transform = _transform(model.visual.input_resolution)
-    separator = config.csv_separator or default_separator(config.train_data)
-    keys = (config.csv_img_key, config.csv_caption_key)
-    train_set = CsvDataset(config.train_data, *keys, separator, transform, tokens_of)
-    val_set = None
-    if config.val_data is not None:
-        val_separator = config.csv_separator or default_separator(config.val_data)
-        val_set = CsvDataset(config.val_data, *keys, val_separator, transform, tokens_of)
-    train_set.first_readable()  # a ValueError that says why when no row has a readable image
-    if len(train_set) < config.batch_size * env.world:
-        raise ValueError(
-            f"{config.train_data}: {len(train_set)} usable rows{train_set.missing_note()}, fewer than one "
-            f"global batch ({config.batch_size} x {env.world} processes); lower --batch-size"
-        )
-    # the same permutation per epoch (seed + epoch) for any number of ranks: rank r takes every
-    # world-th index, so a global batch holds the same pairs as one process's batch of world x size
-    sampler = DistributedSampler(
-        train_set, num_replicas=env.world, rank=env.rank, shuffle=True, seed=config.seed, drop_last=True
-    )
-    loader = DataLoader(
-        train_set,
-        batch_size=config.batch_size,
-        sampler=sampler,
-        num_workers=config.workers,
-        collate_fn=collate,
-        drop_last=True,
-        pin_memory=device.type == "cuda",
-        persistent_workers=config.workers > 0,
-    )
-    steps_per_epoch = len(loader)
-    total_steps = steps_per_epoch * config.epochs
-
-    optimizer = torch.optim.AdamW(
-        parameter_groups(model, config.wd),
-        lr=config.lr,
-        betas=ADAM_BETAS,
-        eps=ADAM_EPS,
-        fused=device.type in FUSED_ADAMW_DEVICES,  # one kernel per step: the 49k-token embedding is large
-    )
-    scaler = torch.amp.GradScaler("cuda") if config.precision == "amp" and device.type == "cuda" else None
-    start_epoch = 0
-    resume = latest_checkpoint(config.logs) if config.resume == LATEST else config.resume
-    if resume is not None:
-        start_epoch = _resume(str(resume), model, optimizer, scaler)
-        if env.main:
-            logger.info("resumed from %s at epoch %d", resume, start_epoch)
-
+    model = _prepare_model(config, device)
+    train_set, val_set = _datasets(config, model, env.world)
+    loader, sampler = _loader(config, env, train_set, device)
+    total_steps = len(loader) * config.epochs
+    optimizer, scaler = _optimizer(config, model, device)
+    start_epoch = _resume_point(config, env, model, optimizer, scaler)
     net: nn.Module = _Features(model)
     if env.world > 1:
         net = nn.parallel.DistributedDataParallel(
@@ -541,21 +485,126 @@ def _train(config: TrainConfig, env: _Distributed) -> List[Dict[str, Any]]:
                 entry.update(evaluate(model, val_set, config.batch_size, device, config.precision))
             done = epoch + 1
             if done % config.save_frequency == 0 or done == config.epochs:
-                state = {
-                    "epoch": done,
-                    "state_dict": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scaler": scaler.state_dict() if scaler is not None else None,
-                    "config": {
-                        k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in vars(config).items()
-                    },
-                }
-                save_checkpoint(state, config.logs, done)
+                save_checkpoint(_checkpoint_state(config, model, optimizer, scaler, done), config.logs, done)
             report(entry)
         history.append(entry)
         if env.world > 1:
             dist.barrier()  # other ranks wait for rank 0's validation and checkpoint
     return history
+
+
+def _prepare_model(config: TrainConfig, device: torch.device) -> CLIP:
+    """The model to train, in fp32 on `device`, with the towers locked and checkpointing as asked."""
+    model = _load_model(config).float().to(device)  # fp32 master weights whatever the file holds
+    if config.lock_image:
+        model.lock_image_tower()
+    if config.lock_text:
+        model.lock_text_tower()
+    if config.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    return model
+
+
+def _datasets(config: TrainConfig, model: CLIP, world: int) -> Tuple[CsvDataset, Optional[CsvDataset]]:
+    """The training and validation pairs, preprocessed and tokenised for `model`.
+
+    Raises ValueError when no training row has a readable image, or there are fewer usable rows than
+    one global batch.
+    """
+    from ._preprocess import _transform
+    from ._tokenize import tokenize
+
+    # picklable (a partial of a module-level function): data loader workers may be spawned
+    tokens_of = functools.partial(tokenize, context_length=model.context_length, truncate=True)
+    transform = _transform(model.visual.input_resolution)
+    separator = config.csv_separator or default_separator(config.train_data)
+    keys = (config.csv_img_key, config.csv_caption_key)
+    train_set = CsvDataset(config.train_data, *keys, separator, transform, tokens_of)
+    val_set = None
+    if config.val_data is not None:
+        val_separator = config.csv_separator or default_separator(config.val_data)
+        val_set = CsvDataset(config.val_data, *keys, val_separator, transform, tokens_of)
+    train_set.first_readable()  # a ValueError that says why when no row has a readable image
+    if len(train_set) < config.batch_size * world:
+        raise ValueError(
+            f"{config.train_data}: {len(train_set)} usable rows{train_set.missing_note()}, fewer than one "
+            f"global batch ({config.batch_size} x {world} processes); lower --batch-size"
+        )
+    return train_set, val_set
+
+
+def _loader(
+    config: TrainConfig, env: _Distributed, train_set: CsvDataset, device: torch.device
+) -> Tuple[Any, Any]:
+    """(DataLoader, its DistributedSampler) of this rank's share of each epoch's global batches."""
+    from torch.utils.data import DataLoader
+    from torch.utils.data.distributed import DistributedSampler
+
+    # the same permutation per epoch (seed + epoch) for any number of ranks: rank r takes every
+    # world-th index, so a global batch holds the same pairs as one process's batch of world x size
+    sampler = DistributedSampler(
+        train_set, num_replicas=env.world, rank=env.rank, shuffle=True, seed=config.seed, drop_last=True
+    )
+    loader = DataLoader(
+        train_set,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=config.workers,
+        collate_fn=collate,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+        persistent_workers=config.workers > 0,
+    )
+    return loader, sampler
+
+
+def _optimizer(
+    config: TrainConfig, model: CLIP, device: torch.device
+) -> Tuple[torch.optim.Optimizer, Optional[torch.amp.GradScaler]]:
+    """AdamW over `parameter_groups`, and the gradient scaler of fp16 autocast on CUDA (else None)."""
+    optimizer = torch.optim.AdamW(
+        parameter_groups(model, config.wd),
+        lr=config.lr,
+        betas=ADAM_BETAS,
+        eps=ADAM_EPS,
+        fused=device.type in FUSED_ADAMW_DEVICES,  # one kernel per step: the 49k-token embedding is large
+    )
+    scaler = torch.amp.GradScaler("cuda") if config.precision == "amp" and device.type == "cuda" else None
+    return optimizer, scaler
+
+
+def _resume_point(
+    config: TrainConfig,
+    env: _Distributed,
+    model: CLIP,
+    optimizer: torch.optim.Optimizer,
+    scaler: Optional[torch.amp.GradScaler],
+) -> int:
+    """The epoch to start from: 0, or that of the --resume checkpoint, whose state is loaded."""
+    resume = latest_checkpoint(config.logs) if config.resume == LATEST else config.resume
+    if resume is None:
+        return 0
+    start_epoch = _resume(str(resume), model, optimizer, scaler)
+    if env.main:
+        logger.info("resumed from %s at epoch %d", resume, start_epoch)
+    return start_epoch
+
+
+def _checkpoint_state(
+    config: TrainConfig,
+    model: CLIP,
+    optimizer: torch.optim.Optimizer,
+    scaler: Optional[torch.amp.GradScaler],
+    done: int,
+) -> Dict[str, Any]:
+    """What epoch_N.pt holds: the epoch count, the weights, the optimiser and scaler, the config."""
+    return {
+        "epoch": done,
+        "state_dict": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "config": {k: os.fspath(v) if isinstance(v, os.PathLike) else v for k, v in vars(config).items()},
+    }
 
 
 def _batches(loader: Any, bar: Any) -> Iterator[Tuple[torch.Tensor, torch.Tensor, Set[int]]]:
