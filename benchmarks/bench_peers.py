@@ -144,7 +144,7 @@ def _prepare_transformers(archive: Path, folder: Path) -> None:
     import torch
     from transformers import CLIPConfig, CLIPModel
 
-    from clip._checkpoint import read_state_dict
+    from clip._weights import read_state_dict
     from clip.model import CLIPDimensions
 
     state = {k: v.float() if v.is_floating_point() else v for k, v in read_state_dict(str(archive)).items()}

@@ -14,14 +14,14 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import torch
 
 from . import _incidental_names
-from ._checkpoint import CheckpointError, is_torchscript_archive, materialize_, read_state_dict
-from ._download import _download, default_cache_dir  # noqa: F401 - the original's name
-from ._hub import HubFile
-from ._jit import load_jit
 from ._preprocess import BICUBIC, _convert_image_to_rgb, _transform  # noqa: F401 - the original's names
 from ._quantize import check_quantize_request, quantize_
-from ._sources import fetch_weights
 from ._tokenize import get_tokenizer, set_tokenizer, tokenize
+from ._weights import CheckpointError, is_torchscript_archive, materialize_, read_state_dict
+from ._weights.download import _download, default_cache_dir  # noqa: F401 - the original's name
+from ._weights.hub import HubFile
+from ._weights.jit import load_jit
+from ._weights.sources import fetch_weights
 from .model import build_model
 from .simple_tokenizer import SimpleTokenizer as _Tokenizer  # noqa: F401 - the original's name
 
@@ -42,7 +42,7 @@ _MODELS: Dict[str, str] = {
 
 # Copies of the released weights on the Hugging Face hub, tried in this order when the release URL
 # fails: open_clip's (all nine models; the same two file names open_clip tries), then transformers'
-# (ViT models only). See clip/_sources.py for the whole source order.
+# (ViT models only). See clip/_weights/sources.py for the whole source order.
 _HUB_OPEN_CLIP_FILES: Tuple[str, ...] = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 _HUB_TRANSFORMERS_FILE = "model.safetensors"
 _HUB_REPOS: Dict[str, Tuple[str, Optional[str]]] = {  # name: (open_clip repo, transformers repo)
@@ -87,7 +87,7 @@ def load(
     Args:
         name: a name from `available_models()` (found on disk or downloaded once, verified by
             SHA256; see "Where the weights come from" in the README), or the path of a checkpoint
-            file or model directory in any format `clip._formats.read_state_dict` reads (release
+            file or model directory in any format `clip._weights.formats.read_state_dict` reads (release
             archive, torch.save state dict, .safetensors, open_clip, transformers).
         device: "cpu", "cuda", "cuda:N", a `torch.device`, ... (case-insensitive). Default: "cuda"
             when a GPU is available, else "cpu", decided at call time.

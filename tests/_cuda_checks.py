@@ -80,7 +80,7 @@ HOST_READ_OPS = frozenset(
 def _graphs(module: torch.jit.ScriptModule) -> Iterator[torch._C.Graph]:
     """The graph of every method of `module` and of each of its submodules.
 
-    Written here again on purpose, not imported from clip/_jit.py: a method the patcher's own walk
+    Written here again on purpose, not imported from clip/_weights/jit.py: a method the patcher's own walk
     missed would then be missed by the check too.
     """
     for submodule in module.modules():

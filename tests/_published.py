@@ -145,7 +145,7 @@ def released_model(name: str) -> str:
     Runs when the file is in the cache (``$CLIP_CACHE_DIR`` or ``~/.cache/clip``; `clip.load`
     checks its SHA256), or when ``CLIP_ALLOW_DOWNLOAD=1`` lets `clip.load` download it.
     """
-    from clip._download import default_cache_dir
+    from clip._weights.download import default_cache_dir
     from clip.clip import _MODELS
 
     url = _MODELS[name]

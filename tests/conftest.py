@@ -18,7 +18,7 @@ def http_server() -> Iterator[FileServer]:
 
 
 # ----------------------------------------------------------------------------------------------
-# Weight sources (clip/_sources.py): no test reaches the real Hugging Face hub or reads the
+# Weight sources (clip/_weights/sources.py): no test reaches the real Hugging Face hub or reads the
 # developer's own hub cache, except the real-weight tests (marker real_weights), which may use
 # them like clip.load does for users. Tests of those sources set the variables again themselves.
 

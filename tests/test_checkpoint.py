@@ -1,4 +1,4 @@
-"""The safe checkpoint reader (clip/_checkpoint.py): exact state dicts, nothing run, clear errors."""
+"""The safe checkpoint reader (clip/_weights/): exact state dicts, nothing run, clear errors."""
 
 import builtins
 import os
@@ -19,13 +19,13 @@ from _checkpoints import (
     tiny_state_dict,
 )
 
-from clip import _archive
-from clip._checkpoint import (
+from clip._weights import (
     CheckpointError,
     UnsafeCheckpointError,
     is_torchscript_archive,
     read_state_dict,
     read_torchscript_state_dict,
+    torchscript,
 )
 
 
@@ -343,7 +343,7 @@ def test_zip_bomb_member_is_refused(tmp_path: Path) -> None:
 
 
 def test_oversized_pickle_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(_archive, "MAX_PICKLE_BYTES", 64)
+    monkeypatch.setattr(torchscript, "MAX_PICKLE_BYTES", 64)
     with pytest.raises(CheckpointError, match="refusing to read"):
         read_state_dict(release_archive("vit"))
 

@@ -331,7 +331,7 @@ def test_a_long_value_is_shortened_in_the_message(work: Path, argv: List[str]) -
 
 def test_errors_speak_the_command_line() -> None:
     """The library's advice (for Python callers) is rewritten in flags."""
-    from clip._download import DownloadError
+    from clip._weights.download import DownloadError
 
     message = cli_advice(str(DownloadError("the download failed", "https://x/y.pt", "/cache/y.pt")))
     assert "--download-root DIR" in message and "download_root=" not in message

@@ -12,8 +12,8 @@ from _peers import import_transformers
 import clip
 import clip.clip as clip_module
 from clip.__main__ import main
-from clip._archive import read_torchscript_state_dict
-from clip._safetensors import read_safetensors
+from clip._weights.safetensors import read_safetensors
+from clip._weights.torchscript import read_torchscript_state_dict
 
 
 def _convert(capsys: pytest.CaptureFixture, *argv: str) -> Tuple[int, str, str]:

@@ -34,7 +34,7 @@ from _published import CLIP_PNG, readme_label_probs
 from PIL import Image
 
 import clip
-from clip._jit import FLOAT, HALF
+from clip._weights.jit import FLOAT, HALF
 from clip.model import CLIP, build_model
 
 pytestmark = [

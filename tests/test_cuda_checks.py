@@ -28,7 +28,7 @@ from _published import CLIP_PNG
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import clip
-from clip._jit import FLOAT, HALF, load_jit
+from clip._weights.jit import FLOAT, HALF, load_jit
 
 
 def _raw_archive(arch: str) -> torch.jit.ScriptModule:
@@ -49,7 +49,7 @@ def test_device_constants_before_and_after_patching_for_the_cpu() -> None:
     assert set(device_constants(patched)) == {"cpu"} and cpu_device_constants(patched)
     assert HALF not in to_dtype_constants(patched) and FLOAT in to_dtype_constants(patched)
     cuda1 = _raw_archive("vit")
-    from clip._jit import patch_device
+    from clip._weights.jit import patch_device
 
     patch_device(cuda1, torch.device("cuda", 1))  # rewrites the graphs only; nothing runs
     assert set(device_constants(cuda1)) == {"cuda:1"} and not cpu_device_constants(cuda1)

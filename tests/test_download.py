@@ -1,4 +1,4 @@
-"""Tests for `clip._download`: verified, resumable, lock-protected downloads.
+"""Tests for `clip._weights.download`: verified, resumable, lock-protected downloads.
 
 Every test serves a few hundred KB of random bytes from a local HTTP server (tests/_http_server.py)
 at ``http://127.0.0.1:<port>/<sha256>/<name>.pt``, the layout of the release's URLs.
@@ -26,8 +26,8 @@ import pytest
 from _faults import DiskFullFile
 from _http_server import HTML_PAGE, OMIT_LENGTH, FileServer, sha256_hex
 
-import clip._download as dl
-from clip._download import DownloadError, _download, default_cache_dir
+import clip._weights.download as dl
+from clip._weights.download import DownloadError, _download, default_cache_dir
 
 PAYLOAD_BYTES = 300 * 1024
 MODULE_FILE = Path(dl.__file__).resolve()
@@ -544,13 +544,18 @@ def test_rename_failure_leaves_nothing(
 # ----------------------------------------------------------------------------------------------
 # Concurrency and locking
 
-# A child process that loads clip/_download.py alone (no torch import: fast to start).
+# A child process that loads clip/_weights/download.py without the clip package (no torch import:
+# fast to start): a stand-in package over clip/_weights/ lets it import its sibling sniff.py.
 _CHILD_PRELUDE = textwrap.dedent(
     """
-    import importlib.util, sys
-    spec = importlib.util.spec_from_file_location("clip_download_under_test", sys.argv[1])
+    import importlib.util, os, sys, types
+    package = types.ModuleType("weights_under_test")
+    package.__path__ = [os.path.dirname(sys.argv[1])]
+    sys.modules[package.__name__] = package
+    spec = importlib.util.spec_from_file_location("weights_under_test.download", sys.argv[1])
     dl = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(dl)
+    assert "torch" not in sys.modules
     """
 )
 _CHILD_DOWNLOAD = _CHILD_PRELUDE + textwrap.dedent(

@@ -10,9 +10,9 @@ import torch
 from _checkpoints import example_inputs, release_archive, tiny_state_dict
 
 import clip
-from clip._checkpoint import CheckpointError, read_state_dict
-from clip._layouts import hf_config, hf_from_release, release_from_hf
-from clip._safetensors import read_safetensors, write_safetensors
+from clip._weights import CheckpointError, read_state_dict
+from clip._weights.layouts import hf_config, hf_from_release, release_from_hf
+from clip._weights.safetensors import read_safetensors, write_safetensors
 from clip.model import CLIPDimensions
 
 safetensors_torch = pytest.importorskip("safetensors.torch", reason="safetensors is a runtime requirement")

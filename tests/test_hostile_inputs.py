@@ -116,12 +116,12 @@ from _images import make_image, make_smooth_rgb
 from PIL import Image
 
 import clip
-import clip._download as dl
+import clip._weights.download as dl
 import clip.clip as clip_module
-from clip._checkpoint import LEGACY_TORCH_MAGIC, CheckpointError, UnsafeCheckpointError
-from clip._download import DownloadError
 from clip._preprocess import _transform, preprocess_batch
 from clip._tokenize import get_tokenizer
+from clip._weights import LEGACY_TORCH_MAGIC, CheckpointError, UnsafeCheckpointError
+from clip._weights.download import DownloadError
 
 POSIX = sys.platform != "win32"
 TOO_LONG = "is too long for context length 77$"

@@ -10,7 +10,7 @@ from _checkpoints import example_inputs, release_archive, save_state_dict, tiny_
 from _golden import digest
 
 import clip
-from clip._jit import FLOAT, HALF, load_jit, patch_device, patch_half_to_float
+from clip._weights.jit import FLOAT, HALF, load_jit, patch_device, patch_half_to_float
 from clip.model import CLIP
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "load_golden.pt"

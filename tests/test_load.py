@@ -25,7 +25,7 @@ from torchvision.transforms import Compose, Resize
 
 import clip
 import clip.clip as clip_module
-from clip._checkpoint import CheckpointError, UnsafeCheckpointError
+from clip._weights import CheckpointError, UnsafeCheckpointError
 from clip.model import CLIP
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -13,8 +13,8 @@ from _checkpoints import example_inputs, release_archive
 import clip
 import clip.clip as clip_module
 from clip.__main__ import main
-from clip._archive import mapping_at
-from clip._safetensors import read_safetensors
+from clip._weights.mapping import mapping_at
+from clip._weights.safetensors import read_safetensors
 
 
 def _fp32_file(tmp_path: Path, arch: str, capsys: pytest.CaptureFixture) -> Path:

@@ -1,5 +1,6 @@
-"""Where the weights of a released name come from (clip/_sources.py, clip/_hub.py): the release
-file, the Hugging Face cache, the release URL, then the hub copies; each failure mode, offline."""
+"""Where the weights of a released name come from (clip/_weights/sources.py, clip/_weights/hub.py):
+the release file, the Hugging Face cache, the release URL, then the hub copies; each failure mode,
+offline."""
 
 import multiprocessing
 import os
@@ -15,11 +16,11 @@ from _http_server import HTML_PAGE, FileServer, sha256_hex
 
 import clip
 import clip.clip as clip_module
-from clip import _download as dl
-from clip._download import DownloadError
-from clip._hub import HubFile
-from clip._layouts import hf_from_release
-from clip._safetensors import write_safetensors
+from clip._weights import download as dl
+from clip._weights.download import DownloadError
+from clip._weights.hub import HubFile
+from clip._weights.layouts import hf_from_release
+from clip._weights.safetensors import write_safetensors
 
 OPEN_CLIP_REPO = "timm/resnet50_clip.openai"
 OPEN_CLIP_FILE = "open_clip_model.safetensors"
@@ -350,7 +351,7 @@ def test_cli_cache_only_default_finds_the_hf_cache_copy(
 
 
 def test_hf_cache_location_follows_the_hub_client(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from clip._hub import hf_cache_dir
+    from clip._weights.hub import hf_cache_dir
 
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "a"))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "b"))

@@ -229,8 +229,8 @@ def model_sha256(model: str) -> Optional[str]:
 
     A file is read once, in chunks (0.7 s per GB on an AMD EPYC core with SHA extensions), never whole.
     """
-    from .._download import _expected_sha256
-    from .._formats import DIRECTORY_WEIGHT_FILES
+    from .._weights.download import _expected_sha256
+    from .._weights.formats import DIRECTORY_WEIGHT_FILES
     from ..clip import _MODELS
 
     if _released(model):

@@ -200,8 +200,8 @@ def load_model(
 
     Raises UsageError for weights that are missing, ModelLoadError when they cannot be loaded.
     """
-    from .._checkpoint import CheckpointError
-    from .._download import DownloadError, default_cache_dir
+    from .._weights import CheckpointError
+    from .._weights.download import DownloadError, default_cache_dir
     from ..clip import load
 
     root = download_root or default_cache_dir()
@@ -235,10 +235,10 @@ def checkpoint_to_load(model: str, root: str, allow_download: bool) -> str:
 
     Without permission to download, nothing here touches the network: a released model must already
     be on disk (the release file in `root` with the right SHA256, or a hub copy `clip.load` would
-    find: see clip/_sources.py), or a UsageError says how to provide it.
+    find: see clip/_weights/sources.py), or a UsageError says how to provide it.
     """
-    from .._hub import hf_cache_dir
-    from .._sources import find_on_disk
+    from .._weights.hub import hf_cache_dir
+    from .._weights.sources import find_on_disk
     from ..clip import _MODELS, _hub_files, available_models
 
     if model in _MODELS:
@@ -275,7 +275,7 @@ def checkpoint_to_load(model: str, root: str, allow_download: bool) -> str:
     if os.path.isfile(model):
         return model
     if os.path.isdir(model):
-        from .._formats import DIRECTORY_WEIGHT_FILES
+        from .._weights.formats import DIRECTORY_WEIGHT_FILES
 
         if any(os.path.isfile(os.path.join(model, name)) for name in DIRECTORY_WEIGHT_FILES):
             return model  # a transformers model directory, or a folder of a hub copy
@@ -293,8 +293,8 @@ def weights_file(model: str, download_root: Optional[str], download: bool) -> st
     """A path to read `model`'s weights from, for commands that read the file themselves (convert,
     train): `checkpoint_to_load`'s answer, a released model it may download fetched into the cache
     first. A failed download is a CommandFailure worded for the command line (--download-root)."""
-    from .._download import DownloadError, default_cache_dir
-    from .._sources import fetch_weights
+    from .._weights.download import DownloadError, default_cache_dir
+    from .._weights.sources import fetch_weights
     from ..clip import _MODELS, _hub_files
 
     root = download_root or default_cache_dir()

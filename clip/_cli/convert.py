@@ -92,7 +92,7 @@ def main(argv: List[str]) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .._errors import CheckpointError
+    from .._weights.errors import CheckpointError
     from ..clip import _MODELS
 
     if args.to == "hf" and args.dtype not in (RELEASE_DTYPES, "float32"):
@@ -158,9 +158,9 @@ def _check_destination(dst: str, to: str, force: bool) -> None:
 
 def _model_file_problem(dst: str) -> str:
     """Why the existing `dst` is not a model file --force may replace ("" when it is one)."""
-    from .._archive import ZIP_MAGIC, sniff
-    from .._formats import LEGACY_TORCH_MAGIC
-    from .._safetensors import looks_like_safetensors
+    from .._weights.formats import LEGACY_TORCH_MAGIC
+    from .._weights.safetensors import looks_like_safetensors
+    from .._weights.sniff import ZIP_MAGIC, sniff
 
     if os.path.isdir(dst):
         return f"is a folder; name the file to write, e.g. {os.path.join(dst, 'model.safetensors')}"
@@ -206,7 +206,7 @@ def _read_json(path: str) -> Dict[str, Any]:
 
 def _release_weights(path: str) -> "Dict[str, torch.Tensor]":
     """The weights in the release's layout and dtypes (fp16 where the release stores fp16)."""
-    from .._formats import read_state_dict
+    from .._weights.formats import read_state_dict
     from ..model import build_model
 
     model = build_model(read_state_dict(path))  # checks keys and shapes; casts like the release
@@ -224,7 +224,7 @@ def _cast(weights: "Dict[str, torch.Tensor]", dtype: str) -> "Dict[str, torch.Te
 
 
 def _write_release(weights: "Dict[str, torch.Tensor]", dst: str) -> None:
-    from .._safetensors import write_safetensors
+    from .._weights.safetensors import write_safetensors
 
     write_safetensors(weights, dst, RELEASE_METADATA)
 
@@ -233,7 +233,7 @@ def _hf_model(weights: "Dict[str, torch.Tensor]") -> "Tuple[Dict[str, Any], Dict
     """(config.json's content, float32 tensors in transformers' layout); ValueError for a ResNet."""
     import torch
 
-    from .._layouts import hf_config, hf_from_release
+    from .._weights.layouts import hf_config, hf_from_release
     from ..model import CLIPDimensions
 
     config = hf_config(CLIPDimensions.from_state_dict(weights))
@@ -243,7 +243,7 @@ def _hf_model(weights: "Dict[str, torch.Tensor]") -> "Tuple[Dict[str, Any], Dict
 def _write_hf(config: Dict[str, Any], tensors: "Dict[str, torch.Tensor]", dst: str) -> None:
     """The folder `dst`, written whole beside it and swapped into place (Ctrl-C held for the swap)."""
     from .._atomic import directory_mode, interrupts_held
-    from .._safetensors import write_safetensors
+    from .._weights.safetensors import write_safetensors
 
     parent, base = os.path.split(os.path.abspath(dst))
     scratch = tempfile.mkdtemp(prefix=f".{base}.", dir=parent)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from http.client import HTTPException
 from typing import Any, Iterator, Optional, Tuple
 
-from ._download import DownloadError, download_verified, timeout_seconds
+from .download import DownloadError, download_verified, timeout_seconds
 
 __all__ = [
     "HubFile",

@@ -1,8 +1,9 @@
 """Reading and writing ``.safetensors`` files: a JSON header, then raw little-endian tensor bytes.
 
 Reading memory-maps the file (a private copy-on-write mapping, registered so that
-:mod:`clip._materialize` releases its pages while it copies a built model out of it) and checks
-every header entry against the file before any tensor is made: nothing in such a file is code.
+:func:`clip._weights.mapping.materialize_` releases its pages while it copies a built model out of
+it) and checks every header entry against the file before any tensor is made: nothing in such a
+file is code.
 Writing goes through the ``safetensors`` library, into a temporary file renamed into place
 (:func:`clip._atomic.replacing`).
 """
@@ -15,9 +16,9 @@ from typing import Dict, Mapping, Optional
 
 import torch
 
-from ._archive import register_mapping
-from ._atomic import replacing
-from ._errors import CheckpointError
+from .._atomic import replacing
+from .errors import CheckpointError
+from .mapping import register_mapping
 
 __all__ = ["looks_like_safetensors", "read_safetensors", "write_safetensors"]
 

@@ -18,8 +18,8 @@ import warnings
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-from ._download import DownloadError, _download, cached_file, verified_earlier
-from ._hub import (
+from .download import DownloadError, _download, cached_file, verified_earlier
+from .hub import (
     OFFLINE_ENV,
     HubFile,
     download_hub_file,

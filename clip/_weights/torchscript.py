@@ -15,8 +15,9 @@ keeps code from the file. Here the weights are read with a restricted unpickler 
 * tensor bytes are memory-mapped from the file (they are stored uncompressed), every storage is
   placed on the CPU whatever location the archive names, and every record is bounds-checked.
 
-Memory maps made here are registered with :func:`register_mapping` so that
-:mod:`clip._materialize` can release their pages while it copies a built model out of them.
+Memory maps made here are registered with :func:`clip._weights.mapping.register_mapping`, so that
+:func:`clip._weights.mapping.materialize_` can release their pages while it copies a built model out
+of them. What a file is, from its first bytes, is :mod:`clip._weights.sniff`'s question.
 """
 
 import ast
@@ -27,40 +28,30 @@ import os
 import pickle
 import re
 import struct
-import weakref
 import zipfile
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 
-from ._errors import CheckpointError, UnsafeCheckpointError
+from .errors import CheckpointError, UnsafeCheckpointError
+from .mapping import register_mapping
+from .sniff import ZIP_MAGIC, check_file, sniff, unknown_format_error
 
 __all__ = [
-    "ZIP_MAGIC",
-    "EMPTY_ZIP_MAGIC",
     "PathLike",
     "archive_root",
-    "check_file",
     "has_compressed_members",
     "is_torchscript_archive",
     "is_torchscript_zip",
-    "mapping_at",
     "open_zip",
     "read_archive",
     "read_torchscript_state_dict",
-    "register_mapping",
-    "sniff",
-    "unknown_format_error",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-ZIP_MAGIC = b"PK\x03\x04"
-EMPTY_ZIP_MAGIC = b"PK\x05\x06"
 ZIP_LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # the fixed part of a zip local file header
-SNIFF_BYTES = 512  # bytes read from the start of a file to recognise its format
-HTML_MARKERS = (b"<!doctype html", b"<html", b"<head", b"<body", b"<?xml")
 
 MAX_PICKLE_BYTES = 64 * 1024 * 1024  # data.pkl of the largest release (RN50x64) is well below 1 MiB
 MAX_CODE_BYTES = 64 * 1024 * 1024  # TorchScript source of one class file (kilobytes in the release)
@@ -84,47 +75,7 @@ _STORAGE_DTYPES: Dict[str, torch.dtype] = {
 
 
 # ----------------------------------------------------------------------------------------------
-# Format sniffing
-
-
-def check_file(path: str) -> int:
-    """Return the size of `path`, or raise CheckpointError if it is not a readable, non-empty file."""
-    if not os.path.exists(path):
-        raise CheckpointError(f"checkpoint file {path!r} does not exist")
-    if os.path.isdir(path):
-        raise CheckpointError(f"{path!r} is a directory; pass the path of a checkpoint file (.pt) inside it")
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path!r} is not a regular file; pass the path of a checkpoint file (.pt)")
-    size = os.path.getsize(path)
-    if size == 0:
-        raise CheckpointError(
-            f"checkpoint file {path!r} is empty (0 bytes); the download or copy probably failed. "
-            "Delete it and download it again."
-        )
-    return size
-
-
-def sniff(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read(SNIFF_BYTES)
-
-
-def looks_like_html(head: bytes) -> bool:
-    start = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    return any(start.startswith(marker) for marker in HTML_MARKERS)
-
-
-def unknown_format_error(path: str, head: bytes) -> CheckpointError:
-    if looks_like_html(head):
-        return CheckpointError(
-            f"{path!r} looks like an HTML page, not a checkpoint: the download probably failed (an error "
-            "or sign-in page was saved instead). Delete the file and download it again."
-        )
-    return CheckpointError(
-        f"{path!r} is not a PyTorch checkpoint (neither a TorchScript archive nor a torch.save file; it "
-        f"starts with {head[:16]!r}). Pass a CLIP checkpoint file, or a model name from "
-        "clip.available_models()."
-    )
+# The zip container
 
 
 def open_zip(path: str) -> zipfile.ZipFile:
@@ -193,24 +144,6 @@ def has_compressed_members(path: str, zf: zipfile.ZipFile) -> bool:
 
 # ----------------------------------------------------------------------------------------------
 # Tensor bytes inside the archive
-
-
-_MAPPINGS: "weakref.WeakValueDictionary[int, mmap.mmap]" = weakref.WeakValueDictionary()  # by address
-
-
-def register_mapping(mapping: mmap.mmap) -> None:
-    """Record a private file mapping so that :func:`mapping_at` finds it (held weakly)."""
-    if len(mapping):
-        base = torch.frombuffer(mapping, dtype=torch.uint8, count=1).data_ptr()
-        _MAPPINGS[base] = mapping
-
-
-def mapping_at(ptr: int) -> Optional[Tuple[int, mmap.mmap]]:
-    """(base address, mapping) of the registered mapping holding address `ptr`, if any."""
-    for base, mapping in list(_MAPPINGS.items()):
-        if base <= ptr < base + len(mapping):
-            return base, mapping
-    return None
 
 
 class _ArchiveData:

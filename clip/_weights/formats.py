@@ -1,11 +1,11 @@
 """Recognising a checkpoint file by its content and reading its weights, running nothing from it.
 
-* TorchScript archives (the release): :mod:`clip._archive`'s restricted reader.
+* TorchScript archives (the release): :mod:`clip._weights.torchscript`'s restricted reader.
 * ``torch.save`` files of a state dict (optionally wrapped in ``{"state_dict": ...}``, optionally
   with DataParallel's ``module.`` prefix): ``torch.load(..., weights_only=True)``.
-* ``.safetensors`` files: :mod:`clip._safetensors` (memory-mapped, header checked).
+* ``.safetensors`` files: :mod:`clip._weights.safetensors` (memory-mapped, header checked).
 * open_clip's and transformers' key layouts, and transformers model directories: converted to the
-  release's layout by :mod:`clip._layouts`.
+  release's layout by :mod:`clip._weights.layouts`.
 """
 
 import json
@@ -15,22 +15,18 @@ from typing import Any, Dict, Mapping, Optional
 
 import torch
 
-from ._archive import (
-    EMPTY_ZIP_MAGIC,
-    ZIP_MAGIC,
+from .errors import CheckpointError, UnsafeCheckpointError
+from .layouts import HF_ACTIVATION, is_hf_layout, release_from_hf
+from .safetensors import looks_like_safetensors, read_safetensors
+from .sniff import EMPTY_ZIP_MAGIC, ZIP_MAGIC, check_file, sniff, unknown_format_error
+from .torchscript import (
     PathLike,
     archive_root,
-    check_file,
     has_compressed_members,
     is_torchscript_zip,
     open_zip,
     read_archive,
-    sniff,
-    unknown_format_error,
 )
-from ._errors import CheckpointError, UnsafeCheckpointError
-from ._layouts import HF_ACTIVATION, is_hf_layout, release_from_hf
-from ._safetensors import looks_like_safetensors, read_safetensors
 
 __all__ = ["LEGACY_TORCH_MAGIC", "read_state_dict"]
 
@@ -86,7 +82,7 @@ def read_state_dict(path: PathLike) -> Dict[str, torch.Tensor]:
 
     The format is recognised by content, not by the file's name:
 
-    * the released TorchScript archives (read by :mod:`clip._archive`);
+    * the released TorchScript archives (read by :mod:`clip._weights.torchscript`);
     * ``torch.save`` files of a state dict, optionally wrapped as ``{"state_dict": ...}`` or
       ``{"model_state_dict": ...}`` (open_clip's training checkpoints), optionally with the
       ``module.`` prefix of DataParallel (read with ``torch.load(..., weights_only=True)``);

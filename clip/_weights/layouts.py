@@ -2,7 +2,7 @@
 
 * open_clip stores the OpenAI architectures under the release's own key names; its training
   checkpoints wrap them as ``{"epoch": ..., "state_dict": {"module.visual...": ...}}`` (unwrapped by
-  :mod:`clip._formats`).
+  :mod:`clip._weights.formats`).
 * transformers' ``CLIPModel`` (ViT models only) renames every key, keeps the query, key and value
   projections of attention apart, and stores the two output projections transposed (as
   ``nn.Linear`` weights). :func:`release_from_hf` and :func:`hf_from_release` convert exactly (pure
@@ -14,7 +14,7 @@ from typing import Any, Dict, Mapping, Tuple
 
 import torch
 
-from .model import HEAD_WIDTH, CLIPDimensions
+from ..model import HEAD_WIDTH, CLIPDimensions
 
 __all__ = ["HF_PREFIXES", "is_hf_layout", "release_from_hf", "hf_from_release", "hf_config"]
 

@@ -1,15 +1,37 @@
-"""Moving a model built on memory-mapped checkpoint weights into memory of its own."""
+"""Memory-mapped checkpoint weights: the mappings the readers made, and moving a model built on
+them into memory of its own.
+
+The readers (:mod:`clip._weights.torchscript`, :mod:`clip._weights.safetensors`) map files privately
+and record each mapping with :func:`register_mapping`; :func:`materialize_` finds a tensor's mapping
+with :func:`mapping_at` and releases its pages while it copies.
+"""
 
 import mmap
+import weakref
 from typing import Callable, Optional, Tuple
 
 import torch
 
-from ._archive import mapping_at
-
-__all__ = ["materialize_"]
+__all__ = ["register_mapping", "mapping_at", "materialize_"]
 
 COPY_CHUNK_BYTES = 8 * 1024 * 1024  # mapped bytes copied (then released) at a time
+
+_MAPPINGS: "weakref.WeakValueDictionary[int, mmap.mmap]" = weakref.WeakValueDictionary()  # by address
+
+
+def register_mapping(mapping: mmap.mmap) -> None:
+    """Record a private file mapping so that :func:`mapping_at` finds it (held weakly)."""
+    if len(mapping):
+        base = torch.frombuffer(mapping, dtype=torch.uint8, count=1).data_ptr()
+        _MAPPINGS[base] = mapping
+
+
+def mapping_at(ptr: int) -> Optional[Tuple[int, mmap.mmap]]:
+    """(base address, mapping) of the registered mapping holding address `ptr`, if any."""
+    for base, mapping in list(_MAPPINGS.items()):
+        if base <= ptr < base + len(mapping):
+            return base, mapping
+    return None
 
 
 def _release_pages(mapped: Tuple[int, mmap.mmap], start: int, end: int) -> None:

@@ -36,6 +36,8 @@ from typing import IO, Any, Dict, Iterator, Optional, Tuple
 
 from tqdm import tqdm
 
+from .sniff import looks_like_html, sniff
+
 try:  # POSIX: advisory locks that the kernel drops when the holding process dies.
     import fcntl
 except ImportError:  # pragma: no cover - Windows
@@ -64,7 +66,6 @@ VERIFIED_SUFFIX = ".verified"
 
 STREAM_CHUNK_BYTES = 64 * 1024  # read size from the network
 HASH_CHUNK_BYTES = 1024 * 1024  # read size when hashing a file already on disk
-SNIFF_BYTES = 1024  # bytes inspected to recognise an HTML page served instead of the file
 LOCK_POLL_S = 0.1  # polling interval where only non-blocking locks exist (Windows)
 WRITE_ERRNOS_READ_ONLY = (errno.EACCES, errno.EPERM, errno.EROFS)
 
@@ -72,7 +73,7 @@ HTTP_PARTIAL_CONTENT = 206
 HTTP_RANGE_NOT_SATISFIABLE = 416
 
 _SHA256_RE = re.compile(r"^[0-9a-fA-F]{64}$")
-_HTML_MARKERS = (b"<!doctype html", b"<html", b"<head", b"<body")
+HTML_CONTENT_TYPES = ("text/html", "application/xhtml+xml")
 
 
 class DownloadError(RuntimeError):
@@ -470,14 +471,14 @@ def _copy(response: Any, output: IO[bytes], hasher: "hashlib._Hash", bar: Any) -
 
 
 def _looks_like_html(partial: str, content_type: str) -> bool:
-    if content_type.split(";")[0].strip().lower() in ("text/html", "application/xhtml+xml"):
+    """True if the server said it sent an HTML page, or the bytes it sent look like one."""
+    if content_type.split(";")[0].strip().lower() in HTML_CONTENT_TYPES:
         return True
     try:
-        with open(partial, "rb") as handle:
-            head = handle.read(SNIFF_BYTES).lstrip().lower()
+        head = sniff(partial)
     except OSError:
         return False
-    return any(marker in head for marker in _HTML_MARKERS)
+    return looks_like_html(head)
 
 
 def _fetch(url: str, target: str, expected: str, timeout: float) -> None:
