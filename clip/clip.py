@@ -1,8 +1,9 @@
 """Public entry points of the release: `available_models`, `load`, `tokenize`.
 
 This module keeps every name the original `clip.clip` exposes importable from the same path
-(`_MODELS`, `_download`, `_transform`, `_convert_image_to_rgb`, `BICUBIC`, `_Tokenizer`, `_tokenizer`).
-The work itself lives in private modules, one per concern.
+(`_MODELS`, `_download`, `_transform`, `_convert_image_to_rgb`, `BICUBIC`, `_Tokenizer`, `_tokenizer`),
+and the errors `load` raises (`CheckpointError`, `UnsafeCheckpointError`, `DownloadError`). The work
+itself lives in private modules, one per concern; the weights' in `clip._weights`.
 """
 
 import os
@@ -17,54 +18,29 @@ from . import _incidental_names
 from ._preprocess import BICUBIC, _convert_image_to_rgb, _transform  # noqa: F401 - the original's names
 from ._quantize import check_quantize_request, quantize_
 from ._tokenize import get_tokenizer, set_tokenizer, tokenize
-from ._weights import CheckpointError, is_torchscript_archive, materialize_, read_state_dict
-from ._weights.download import _download, default_cache_dir  # noqa: F401 - the original's name
-from ._weights.hub import HubFile
+from ._weights import (
+    CheckpointError,
+    UnsafeCheckpointError,  # noqa: F401 - raised by load; importable from here, as DownloadError is
+    is_torchscript_archive,
+    materialize_,
+    read_state_dict,
+)
+from ._weights.download import (
+    DownloadError,  # noqa: F401 - raised by load; importable from here
+    _download,  # noqa: F401 - the original's name
+    default_cache_dir,
+)
 from ._weights.jit import load_jit
-from ._weights.sources import fetch_weights
+from ._weights.registry import RELEASE_URLS
+from ._weights.sources import resolve
 from .model import build_model
 from .simple_tokenizer import SimpleTokenizer as _Tokenizer  # noqa: F401 - the original's name
 
 __all__ = ["available_models", "load", "tokenize"]
 
-_MODELS: Dict[str, str] = {
-    "RN50": "https://openaipublic.azureedge.net/clip/models/afeb0e10f9e5a86da6080e35cf09123aca3b358a0c3e3b6c78a7b63bc04b6762/RN50.pt",
-    "RN101": "https://openaipublic.azureedge.net/clip/models/8fa8567bab74a42d41c5915025a8e4538c3bdbe8804a470a72f30b0d94fab599/RN101.pt",
-    "RN50x4": "https://openaipublic.azureedge.net/clip/models/7e526bd135e493cef0776de27d5f42653e6b4c8bf9e0f653bb11773263205fdd/RN50x4.pt",
-    "RN50x16": "https://openaipublic.azureedge.net/clip/models/52378b407f34354e150460fe41077663dd5b39c54cd0bfd2b27167a4a06ec9aa/RN50x16.pt",
-    "RN50x64": "https://openaipublic.azureedge.net/clip/models/be1cfb55d75a9666199fb2206c106743da0f6468c9d327f3e0d0a543a9919d9c/RN50x64.pt",
-    "ViT-B/32": "https://openaipublic.azureedge.net/clip/models/40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
-    "ViT-B/16": "https://openaipublic.azureedge.net/clip/models/5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt",
-    "ViT-L/14": "https://openaipublic.azureedge.net/clip/models/b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
-    "ViT-L/14@336px": "https://openaipublic.azureedge.net/clip/models/3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt",
-}
-
-
-# Copies of the released weights on the Hugging Face hub, tried in this order when the release URL
-# fails: open_clip's (all nine models; the same two file names open_clip tries), then transformers'
-# (ViT models only). See clip/_weights/sources.py for the whole source order.
-_HUB_OPEN_CLIP_FILES: Tuple[str, ...] = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
-_HUB_TRANSFORMERS_FILE = "model.safetensors"
-_HUB_REPOS: Dict[str, Tuple[str, Optional[str]]] = {  # name: (open_clip repo, transformers repo)
-    "RN50": ("timm/resnet50_clip.openai", None),
-    "RN101": ("timm/resnet101_clip.openai", None),
-    "RN50x4": ("timm/resnet50x4_clip.openai", None),
-    "RN50x16": ("timm/resnet50x16_clip.openai", None),
-    "RN50x64": ("timm/resnet50x64_clip.openai", None),
-    "ViT-B/32": ("timm/vit_base_patch32_clip_224.openai", "openai/clip-vit-base-patch32"),
-    "ViT-B/16": ("timm/vit_base_patch16_clip_224.openai", "openai/clip-vit-base-patch16"),
-    "ViT-L/14": ("timm/vit_large_patch14_clip_224.openai", "openai/clip-vit-large-patch14"),
-    "ViT-L/14@336px": ("timm/vit_large_patch14_clip_336.openai", "openai/clip-vit-large-patch14-336"),
-}
-
-
-def _hub_files(name: str) -> List[HubFile]:
-    """The hub copies of a released model, in the order they are tried."""
-    open_clip_repo, transformers_repo = _HUB_REPOS.get(name, (None, None))
-    files = [HubFile(open_clip_repo, f) for f in _HUB_OPEN_CLIP_FILES] if open_clip_repo else []
-    if transformers_repo:
-        files.append(HubFile(transformers_repo, _HUB_TRANSFORMERS_FILE))
-    return files
+# The original's name -> URL table: the registry's own dict (clip/_weights/registry.py), so that a
+# name pointed at a mirror here (`_MODELS[name] = url`) is downloaded from it.
+_MODELS: Dict[str, str] = RELEASE_URLS
 
 
 def available_models() -> List[str]:
@@ -296,8 +272,10 @@ def _resolve_dtype(dtype: Optional[torch.dtype], jit: bool) -> Optional[torch.dt
 
 def _resolve_path(name: str, download_root: Optional[str]) -> str:
     if name in _MODELS:
-        root = download_root or default_cache_dir()
-        return fetch_weights(name, _MODELS[name], _hub_files(name), root).path
+        located = resolve(name, download_root or default_cache_dir(), allow_download=True)
+        if not located.is_release_file:  # a hub copy: said, so that nobody mistakes it for the release's
+            warnings.warn(f"clip.load({name!r}): using {located.source} ({located.path})", stacklevel=3)
+        return located.path
     if os.path.isfile(name) or os.path.isdir(name):  # a directory: a transformers model folder
         return name
     if os.path.exists(name):  # a device, a pipe, a socket: never read (it could block or never end)

@@ -331,13 +331,13 @@ def test_ctrl_c_during_train_keeps_whole_checkpoints(base: Path, tmp_path: Path)
 
 
 def test_ctrl_c_during_convert_leaves_dst_as_it_was(base: Path, tmp_path: Path) -> None:
-    import clip.clip as clip_module
+    from clip._weights import registry
 
     shutil.copy(base / "model.pt", tmp_path / "out.safetensors")  # replaceable (--force), yet kept
     before = snapshot(tmp_path)
     with FileServer() as server:
         endpoint = server.url("").rstrip("/")
-        first = clip_module._hub_files("ViT-B/32")[0].url(endpoint)
+        first = registry.hub_files("ViT-B/32")[0].url(endpoint)
         server.add(first[len(endpoint) :], b"", stall_s=60)  # the download hangs
         env = {**UNREACHABLE, "HF_ENDPOINT": endpoint, "HF_HUB_CACHE": str(tmp_path / "hub")}
         argv = ["convert", "ViT-B/32", "out.safetensors", "--download", "--force"]

@@ -4,6 +4,7 @@ offline."""
 
 import multiprocessing
 import os
+import pickle
 import socket
 import warnings
 from pathlib import Path
@@ -17,6 +18,7 @@ from _http_server import HTML_PAGE, FileServer, sha256_hex
 import clip
 import clip.clip as clip_module
 from clip._weights import download as dl
+from clip._weights import registry
 from clip._weights.download import DownloadError
 from clip._weights.hub import HubFile
 from clip._weights.layouts import hf_from_release
@@ -365,7 +367,7 @@ def test_hf_cache_location_follows_the_hub_client(monkeypatch: pytest.MonkeyPatc
 
 def test_hub_table_covers_every_released_model() -> None:
     for name in clip.available_models():
-        files = clip_module._hub_files(name)
+        files = registry.hub_files(name)
         assert [f.filename for f in files[:2]] == [
             "open_clip_model.safetensors",
             "open_clip_pytorch_model.bin",
@@ -380,3 +382,29 @@ def test_hub_table_covers_every_released_model() -> None:
         assert all(
             f.repo.startswith("openai/clip-vit-") and f.filename == "model.safetensors" for f in transformers
         )
+
+
+def test_models_table_is_the_registrys() -> None:
+    """`clip.clip._MODELS` is the registry's own table: pointing a name at a mirror there redirects
+    every download of it (the tests above rely on that)."""
+    assert clip_module._MODELS is registry.RELEASE_URLS
+    assert list(clip_module._MODELS.items()) == [(n, e.url) for n, e in registry.RELEASED.items()]
+    for entry in registry.RELEASED.values():
+        assert entry.url.endswith(f"/{entry.sha256}/{entry.file_name}")
+
+
+def test_resolve_without_download_says_what_is_missing(tmp_path: Path) -> None:
+    from clip._weights.sources import WeightsNotOnDisk, resolve
+
+    with pytest.raises(WeightsNotOnDisk) as info:
+        resolve("RN50", str(tmp_path), allow_download=False)
+    missing = info.value
+    assert isinstance(missing, DownloadError) and not missing.mismatched
+    assert (missing.url, missing.path) == (clip_module._MODELS["RN50"], str(tmp_path / "RN50.pt"))
+    (tmp_path / "RN50.pt").write_bytes(b"not the release")
+    with pytest.raises(WeightsNotOnDisk) as info:
+        resolve("RN50", str(tmp_path), allow_download=False)
+    assert info.value.mismatched and pickle.loads(pickle.dumps(info.value)).mismatched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["RN50.pt"]  # nothing fetched, nothing written
+    with pytest.raises(LookupError):
+        resolve("RN51", str(tmp_path), allow_download=True)

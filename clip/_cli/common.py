@@ -11,11 +11,14 @@ Anything else is a bug and keeps its traceback.
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, TextIO, Tuple
 
 if TYPE_CHECKING:
     from PIL import Image
+
+    from .._weights.sources import WeightsNotOnDisk
 
 __all__ = [
     "EXIT_OK",
@@ -200,9 +203,7 @@ def load_model(
 
     Raises UsageError for weights that are missing, ModelLoadError when they cannot be loaded.
     """
-    from .._weights import CheckpointError
-    from .._weights.download import DownloadError, default_cache_dir
-    from ..clip import load
+    from ..clip import CheckpointError, DownloadError, default_cache_dir, load
 
     root = download_root or default_cache_dir()
     try:
@@ -231,47 +232,16 @@ def open_image(path: Path) -> "Image.Image":
 
 
 def checkpoint_to_load(model: str, root: str, allow_download: bool) -> str:
-    """What to pass to `clip.load`: the name (download allowed), the verified cached file, or a path.
+    """What to pass to `clip.load`: the name (download allowed), the verified file on disk, or a path.
 
     Without permission to download, nothing here touches the network: a released model must already
     be on disk (the release file in `root` with the right SHA256, or a hub copy `clip.load` would
     find: see clip/_weights/sources.py), or a UsageError says how to provide it.
     """
-    from .._weights.hub import hf_cache_dir
-    from .._weights.sources import find_on_disk
-    from ..clip import _MODELS, _hub_files, available_models
+    from ..clip import _MODELS, available_models
 
     if model in _MODELS:
-        if allow_download:
-            return model
-        url = _MODELS[model]
-        target = os.path.join(root, os.path.basename(url))
-        how = (
-            f"To provide it, do one of:\n"
-            f"  - download it now: add --download (or set {ALLOW_DOWNLOAD_ENV}={ALLOW_DOWNLOAD_VALUE})\n"
-            f"  - download {url}\n"
-            f"    and save it as {target}\n"
-            f"  - use another cache directory that holds it: --download-root DIR or CLIP_CACHE_DIR=DIR\n"
-            f"  - pass a checkpoint file instead: --model path/to/checkpoint.pt"
-        )
-        try:
-            located = find_on_disk(url, _hub_files(model), root)
-        except ValueError as exc:  # CLIP_WEIGHTS_SOURCE set to something else than auto/release/hub
-            raise UsageError(str(exc)) from exc
-        if located is not None:
-            if not located.is_release_file:
-                print(f"clip: using {located.source} ({located.path})", file=sys.stderr)
-            return located.path
-        if not os.path.isfile(target):
-            raise UsageError(
-                f"the weights of {model} are not in the cache: {target} does not exist "
-                f"(cache directory: {root}; no hub copy there or in the Hugging Face cache "
-                f"{hf_cache_dir()} either).\n{how}"
-            )
-        raise UsageError(
-            f"{target} exists but its SHA256 does not match the release (an incomplete or "
-            f"damaged download?). Delete it, then:\n{how}"
-        )
+        return model if allow_download else _weights_on_disk(model, root)
     if os.path.isfile(model):
         return model
     if os.path.isdir(model):
@@ -289,20 +259,57 @@ def checkpoint_to_load(model: str, root: str, allow_download: bool) -> str:
     )
 
 
+def _weights_on_disk(model: str, root: str) -> str:
+    """The verified file of the released `model` already on disk (nothing touches the network), named
+    on stderr when it is not the release's own; a UsageError saying how to provide one otherwise."""
+    from .._weights.sources import WeightsNotOnDisk, resolve
+
+    try:
+        located = resolve(model, root, allow_download=False)
+    except WeightsNotOnDisk as exc:
+        raise UsageError(_not_on_disk_message(exc)) from exc
+    except ValueError as exc:  # CLIP_WEIGHTS_SOURCE set to something else than auto/release/hub
+        raise UsageError(str(exc)) from exc
+    if not located.is_release_file:
+        print(f"clip: using {located.source} ({located.path})", file=sys.stderr)
+    return located.path
+
+
+def _not_on_disk_message(missing: "WeightsNotOnDisk") -> str:
+    """What a command says when a released model's weights are not on disk (a WeightsNotOnDisk)."""
+    how = (
+        f"To provide it, do one of:\n"
+        f"  - download it now: add --download (or set {ALLOW_DOWNLOAD_ENV}={ALLOW_DOWNLOAD_VALUE})\n"
+        f"  - download {missing.url}\n"
+        f"    and save it as {missing.path}\n"
+        f"  - use another cache directory that holds it: --download-root DIR or CLIP_CACHE_DIR=DIR\n"
+        f"  - pass a checkpoint file instead: --model path/to/checkpoint.pt"
+    )
+    if not missing.mismatched:
+        return (
+            f"the weights of {missing.name} are not in the cache: {missing.path} does not exist "
+            f"(cache directory: {missing.root}; no hub copy there or in the Hugging Face cache "
+            f"{missing.hf_cache} either).\n{how}"
+        )
+    return (
+        f"{missing.path} exists but its SHA256 does not match the release (an incomplete or "
+        f"damaged download?). Delete it, then:\n{how}"
+    )
+
+
 def weights_file(model: str, download_root: Optional[str], download: bool) -> str:
     """A path to read `model`'s weights from, for commands that read the file themselves (convert,
     train): `checkpoint_to_load`'s answer, a released model it may download fetched into the cache
     first. A failed download is a CommandFailure worded for the command line (--download-root)."""
-    from .._weights.download import DownloadError, default_cache_dir
-    from .._weights.sources import fetch_weights
-    from ..clip import _MODELS, _hub_files
+    from .._weights.sources import resolve
+    from ..clip import _MODELS, DownloadError, default_cache_dir
 
     root = download_root or default_cache_dir()
     checkpoint = checkpoint_to_load(model, root, download_allowed(download))
     if checkpoint != model or model not in _MODELS:
         return checkpoint
     try:
-        return fetch_weights(model, _MODELS[model], _hub_files(model), root).path
+        located = resolve(model, root, allow_download=True)
     except DownloadError as exc:
         reasons = [line for line in exc.problem.splitlines() if line.startswith("  - ")] or [exc.problem]
         raise CommandFailure(
@@ -312,6 +319,9 @@ def weights_file(model: str, download_root: Optional[str], download: bool) -> st
         ) from exc
     except ValueError as exc:  # CLIP_WEIGHTS_SOURCE or CLIP_DOWNLOAD_TIMEOUT is invalid
         raise UsageError(str(exc)) from exc
+    if not located.is_release_file:  # worded as clip.load words it, as these commands always said it
+        warnings.warn(f"clip.load({model!r}): using {located.source} ({located.path})", stacklevel=3)
+    return located.path
 
 
 def nonempty_texts(values: List[str], what: str) -> List[str]:

@@ -17,6 +17,7 @@ import torch
 
 from .errors import CheckpointError, UnsafeCheckpointError
 from .layouts import HF_ACTIVATION, is_hf_layout, release_from_hf
+from .registry import OPEN_CLIP_FILES, TRANSFORMERS_FILE
 from .safetensors import looks_like_safetensors, read_safetensors
 from .sniff import EMPTY_ZIP_MAGIC, ZIP_MAGIC, check_file, sniff, unknown_format_error
 from .torchscript import (
@@ -35,12 +36,8 @@ WRAPPER_KEYS = ("state_dict", "model_state_dict")
 DATA_PARALLEL_PREFIX = "module."
 CONFIG_FILE = "config.json"
 # weight files of a model folder, in the order they are tried: transformers', then open_clip's
-DIRECTORY_WEIGHT_FILES = (
-    "model.safetensors",
-    "pytorch_model.bin",
-    "open_clip_model.safetensors",
-    "open_clip_pytorch_model.bin",
-)
+TRANSFORMERS_BIN_FILE = "pytorch_model.bin"  # transformers' older weight file (no hub copy listed uses it)
+DIRECTORY_WEIGHT_FILES = (TRANSFORMERS_FILE, TRANSFORMERS_BIN_FILE, *OPEN_CLIP_FILES)
 
 
 def _is_legacy_torch_file(head: bytes) -> bool:

@@ -1,4 +1,6 @@
-"""Where the weights of a released model name come from, in order.
+"""The one resolver from a released model's name to a verified file of its weights: `resolve`.
+
+Where the weights come from, in order:
 
 1. What is already on disk: the release file in the clip cache, a hub copy fetched earlier into
    the clip cache, then a copy in the Hugging Face cache of open_clip or transformers users (read
@@ -8,16 +10,18 @@
    (skipped with ``HF_HUB_OFFLINE=1``).
 
 ``CLIP_WEIGHTS_SOURCE=release`` keeps to the release's file and URL, ``hub`` to the hub copies,
-``auto`` (the default) tries everything. Any source other than the release file is named in a
-warning. When every source fails, one :class:`DownloadError` lists each with the reason.
+``auto`` (the default) tries everything. Without permission to download, only step 1 is taken and
+:class:`WeightsNotOnDisk` says what is missing. When every source fails, one :class:`DownloadError`
+lists each with the reason. `clip.load` and the command line call :func:`resolve`; they, not this
+module, tell the user when the file is not the release's own (:attr:`Located.is_release_file`).
 """
 
 import logging
 import os
-import warnings
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
+from . import registry
 from .download import DownloadError, _download, cached_file, verified_earlier
 from .hub import (
     OFFLINE_ENV,
@@ -29,7 +33,7 @@ from .hub import (
     hub_offline,
 )
 
-__all__ = ["SOURCE_ENV", "Located", "weights_source", "find_on_disk", "fetch_weights"]
+__all__ = ["SOURCE_ENV", "Located", "WeightsNotOnDisk", "weights_source", "find_on_disk", "resolve"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +49,38 @@ class Located:
     path: str
     source: str
     is_release_file: bool
+
+
+class WeightsNotOnDisk(DownloadError):
+    """No copy of a released model's weights is on disk, and downloading was not allowed.
+
+    Attributes (besides DownloadError's `url` and `path`, the release file's URL and its place in
+    the cache):
+        name: the released model.
+        root: the clip cache directory that was searched.
+        hf_cache: the Hugging Face cache that was searched.
+        mismatched: a file is at `path` but was not used: its SHA256 is not the release's (or
+            ``CLIP_WEIGHTS_SOURCE=hub`` left it unchecked).
+    """
+
+    def __init__(self, name: str, url: str, path: str, root: str, hf_cache: str, mismatched: bool) -> None:
+        self.name = name
+        self.root = root
+        self.hf_cache = hf_cache
+        self.mismatched = mismatched
+        if mismatched:
+            problem = (
+                f"{path} exists but its SHA256 does not match the release, and downloading was not allowed"
+            )
+        else:
+            problem = (
+                f"the weights of {name} are not on disk (cache directory: {root}; Hugging Face cache: "
+                f"{hf_cache}), and downloading was not allowed"
+            )
+        super().__init__(problem, url, path)
+
+    def __reduce__(self) -> Tuple[Any, Tuple[str, str, str, str, str, bool]]:
+        return type(self), (self.name, self.url, self.path, self.root, self.hf_cache, self.mismatched)
 
 
 def weights_source() -> str:
@@ -77,48 +113,63 @@ def find_on_disk(url: str, hub_files: Sequence[HubFile], root: str) -> Optional[
     return None
 
 
-def fetch_weights(name: str, url: str, hub_files: Sequence[HubFile], root: str) -> Located:
-    """A verified file with the weights of the released model `name`, from the first source that
-    provides one (see the module's docstring); warns when it is not the release's own file.
+def resolve(name: str, root: str, allow_download: bool) -> Located:
+    """A verified file with the weights of the released model `name`: the first copy on disk (in
+    `root`, the clip cache, or the Hugging Face cache), else, when `allow_download`, the first
+    source that provides one (see the module's docstring). Nothing is printed or warned here.
+
+    The release URL is read from the registry's table at call time (`clip.clip._MODELS` is that
+    table), so a name pointed at a mirror there is fetched from the mirror.
 
     Raises:
+        LookupError: `name` is not a released model.
+        WeightsNotOnDisk: (a DownloadError) no copy on disk, and `allow_download` is False.
         DownloadError: every allowed source failed; the message lists each and why.
         ValueError: ``CLIP_WEIGHTS_SOURCE`` or ``CLIP_DOWNLOAD_TIMEOUT`` is invalid.
     """
+    url = registry.release_url(name)
+    if url is None:
+        raise LookupError(f"{name!r} is not a released model")
+    hub_files = registry.hub_files(name)
     located = find_on_disk(url, hub_files, root)
+    if located is None and not allow_download:
+        target = os.path.join(root, os.path.basename(url))
+        raise WeightsNotOnDisk(name, url, target, root, hf_cache_dir(), os.path.isfile(target))
+    if located is None:
+        located = _fetch(name, url, hub_files, root)
+    logger.info("weights of %s: %s (%s)", name, located.path, located.source)
+    return located
+
+
+def _fetch(name: str, url: str, hub_files: Sequence[HubFile], root: str) -> Located:
+    """The release URL, then the hub copies, as `CLIP_WEIGHTS_SOURCE` allows (nothing was on disk)."""
     mode = weights_source()
     release_target = os.path.join(root, os.path.basename(url))
     failures: List[Tuple[str, str]] = []
-    if located is None and mode != HUB:
+    if mode != HUB:
         try:
-            located = Located(_download(url, root), "the release URL", True)
+            return Located(_download(url, root), "the release URL", True)
         except DownloadError as exc:
             failures.append((f"release URL {url}", exc.problem))
-    if located is None and mode != RELEASE:
-        if mode == HUB:
-            failures.append(("release file and URL", f"skipped ({SOURCE_ENV}={HUB})"))
-        failures.append((f"Hugging Face cache {hf_cache_dir()}", "no copy of " + _names(hub_files)))
-        endpoint = hub_endpoint()
-        for hub_file in hub_files:
-            what = f"hub copy {hub_file.url(endpoint)}"
-            if hub_offline():
-                failures.append((what, f"skipped ({OFFLINE_ENV}=1)"))
-                continue
-            try:
-                path = download_hub_file(hub_file, root, endpoint)
-            except DownloadError as exc:
-                failures.append((what, exc.problem))
-                continue
-            located = Located(path, f"the hub copy {hub_file.url(endpoint)}", False)
-            break
-    elif located is None:
+    if mode == RELEASE:
         failures.append(("hub copies", f"skipped ({SOURCE_ENV}={RELEASE})"))
-    if located is None:
         raise DownloadError(_failure_report(name, failures, hub_files, root), url, release_target)
-    if not located.is_release_file:
-        warnings.warn(f"clip.load({name!r}): using {located.source} ({located.path})", stacklevel=4)
-    logger.info("weights of %s: %s (%s)", name, located.path, located.source)
-    return located
+    if mode == HUB:
+        failures.append(("release file and URL", f"skipped ({SOURCE_ENV}={HUB})"))
+    failures.append((f"Hugging Face cache {hf_cache_dir()}", "no copy of " + _names(hub_files)))
+    endpoint = hub_endpoint()
+    for hub_file in hub_files:
+        what = f"hub copy {hub_file.url(endpoint)}"
+        if hub_offline():
+            failures.append((what, f"skipped ({OFFLINE_ENV}=1)"))
+            continue
+        try:
+            path = download_hub_file(hub_file, root, endpoint)
+        except DownloadError as exc:
+            failures.append((what, exc.problem))
+            continue
+        return Located(path, f"the hub copy {hub_file.url(endpoint)}", False)
+    raise DownloadError(_failure_report(name, failures, hub_files, root), url, release_target)
 
 
 def _names(hub_files: Sequence[HubFile]) -> str:
