@@ -421,7 +421,7 @@ def header_lines(machine: Dict[str, Any], options: Dict[str, Any], seconds: floa
 def notes(options: Dict[str, Any]) -> List[str]:
     out = [
         "Ratios are ours / original (throughput; for load time: original time / ours). Encode rows use "
-        "seeded random weights in the release's layout (tests/_model_factory.py), the same for both "
+        "seeded random weights in the release's layout (tests/support/_model_factory.py), the same for both "
         "sides; `Ours / our fp32` compares a low-precision row with our fp32 row of the same batch, or "
         "of the largest fp32 batch when that batch was not run in fp32.",
     ]

@@ -134,8 +134,9 @@ def check_imported_from(module_file: str, root: str) -> None:
 
 
 def load_model_factory() -> ModuleType:
-    """tests/_model_factory.py (torch only), loaded by path: works from a fresh checkout, either side."""
-    path = REPO / "tests" / "_model_factory.py"
+    """tests/support/_model_factory.py (torch only), loaded by path: works from a fresh checkout, on
+    either side."""
+    path = REPO / "tests" / "support" / "_model_factory.py"
     spec = importlib.util.spec_from_file_location("_clip_bench_model_factory", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -2,7 +2,7 @@
 
 Writes `count` (256) seeded, photo-like JPEG and PNG files of mixed sizes and modes (the images of
 benchmarks/bench_preprocess.py) and builds a model of the released ViT-B/32's shapes with seeded
-weights (tests/_model_factory.py; fp32, as `clip.load` gives on a CPU). Then, with the same torch
+weights (tests/support/_model_factory.py; fp32, as `clip.load` gives on a CPU). Then, with the same torch
 thread count and batch size, it measures images per second of
 
 - the README's loop: ``model.encode_image(preprocess(Image.open(path)).unsqueeze(0))`` per image;
@@ -143,7 +143,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS, help="torch threads")
     parser.add_argument("--workers", type=int, default=None, help="decoding processes (default: --threads)")
     parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS)
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help="model shapes (tests/_model_factory.py)")
+    parser.add_argument(
+        "--config", default=DEFAULT_CONFIG, help="model shapes (tests/support/_model_factory.py)"
+    )
     args = parser.parse_args(argv)
     figures = run(args.count, args.batch_size, args.threads, args.workers, args.repeats, args.config)
     print(json.dumps(figures, indent=1))

@@ -1,7 +1,7 @@
 """Benchmark: `encode_image` / `encode_text` of ours against the original's, and the matmul roofline.
 
 Models: ViT-B/32 and RN50 shapes with seeded random weights in the release's layout
-(tests/_model_factory.py; both sides build the same weights), in fp32 (`build_model(...).float()`,
+(tests/support/_model_factory.py; both sides build the same weights), in fp32 (`build_model(...).float()`,
 what `clip.load(..., device="cpu")` returns). Inputs: seeded images (N, 3, 224, 224) and token ids
 (N, 77) with end-of-text tokens at varied positions, the same for both sides. Modes:
 

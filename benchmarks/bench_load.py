@@ -2,7 +2,7 @@
 
 Builds once (cached in `--workdir`, default ~/.cache/clip-bench) a TorchScript archive in the
 release's layout with the dimensions of ViT-B/32 (151,277,313 parameters; seeded random weights
-from tests/_model_factory.py, fp16 where `convert_weights` casts; traced like the release, storages
+from tests/support/_model_factory.py, fp16 where `convert_weights` casts; traced like the release, storages
 recorded on cuda:0), then, for each side, `--repeats` times in a fresh process of its own:
 
 - imports torch and `clip`, reads the peak RSS (VmHWM, else `ru_maxrss`) as the baseline,
@@ -132,7 +132,7 @@ def _build(workdir_name: str) -> None:
     workdir = Path(workdir_name)
     target = workdir / ARCHIVE_NAME
     workdir.mkdir(parents=True, exist_ok=True)
-    sys.path.insert(0, str(REPO / "tests"))  # the release-layout archive writer used by the tests
+    sys.path.insert(0, str(REPO / "tests" / "support"))  # the release-layout archive writer used by the tests
     sys.path.insert(0, str(REPO))
     from _checkpoints import save_torchscript_archive
     from _model_factory import make_state_dict

@@ -10,7 +10,7 @@ leaves partial results):
 
 1. the CUDA tests: ``pytest -m cuda tests/test_cuda.py`` (pass / fail / skip counts, failures);
 2. ``clip.load`` of ViT-B/32 and RN50 shapes (seeded random weights in the release's layout,
-   tests/_model_factory.py, saved as state-dict files) onto the GPU, for each side;
+   tests/support/_model_factory.py, saved as state-dict files) onto the GPU, for each side;
 3. ``encode_image`` / ``encode_text`` in fp16 (the release's mixed precision) at batch 256 and 1,
    ours and the original, torch.compile off (one process per side) and on (one more per side);
 4. the fp16 features of both sides against our fp32 features on the CPU, and the host-to-device
@@ -19,7 +19,7 @@ leaves partial results):
 `benchmarks/GPU_RESULTS.md` then holds the GPU name, the torch / CUDA versions and the table, with
 the goal rows: ours at least the original's fp16 throughput at batch 256; at least 1.3x with
 torch.compile (ours compiled against the original as it runs out of the box); fp16 features within
-the tests' fp16 tolerance of the CPU fp32 features (tests/_cuda_checks.py: FP16_FEATURE_REL_ERR).
+the tests' fp16 tolerance of the CPU fp32 features (tests/support/_cuda_checks.py: FP16_FEATURE_REL_ERR).
 
 The original (``clip-anytorch``) is looked for in `--oracle`, else ``$CLIP_ORACLE_PATH``, else
 ``.oracle`` in the repository (git-ignored; the tests' golden scripts use it too). A GPU machine
@@ -122,8 +122,8 @@ def _load_by_path(name: str, relative: str) -> ModuleType:
 
 
 def cuda_checks() -> ModuleType:
-    """tests/_cuda_checks.py (torch only): the tolerance and the feature comparison of the tests."""
-    return _load_by_path("_clip_gpu_check_cuda_checks", "tests/_cuda_checks.py")
+    """tests/support/_cuda_checks.py (torch only): the tolerance and the feature comparison of the tests."""
+    return _load_by_path("_clip_gpu_check_cuda_checks", "tests/support/_cuda_checks.py")
 
 
 def _emit(kind: str, **fields: Any) -> None:

@@ -6,7 +6,7 @@ import pytest
 from _http_server import FileServer
 
 # ----------------------------------------------------------------------------------------------
-# HTTP file server (tests/_http_server.py): a threaded server on 127.0.0.1 serving in-memory
+# HTTP file server (tests/support/_http_server.py): a threaded server on 127.0.0.1 serving in-memory
 # routes with configurable misbehaviour, and a request log to assert on.
 
 

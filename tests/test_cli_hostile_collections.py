@@ -1,5 +1,5 @@
 """Hostile inputs for `clip embed`, `clip search`, `clip classify` and the default job, run as a user
-runs them (a subprocess, tests/_cli_battery.py): the exit status, one ``clip ...: error:`` line and
+runs them (a subprocess, tests/support/_cli_battery.py): the exit status, one ``clip ...: error:`` line and
 no traceback, and the files before and after.
 
 Each case was a silent wrong answer or a traceback before its fix: a replaced checkpoint resumed, a
@@ -8,14 +8,11 @@ shard, another model's scores, a 10,000-character value echoed whole, the Python
 that only worked from one folder, files written 0600.
 """
 
-import io
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
-import zlib
 from pathlib import Path
 from typing import List
 
@@ -23,6 +20,7 @@ import pytest
 import torch
 from _checkpoints import release_archive
 from _cli_battery import Ran, assert_one_line_error, clip_environment, run_clip, snapshot
+from _images import bomb_png
 from PIL import Image
 
 from clip._cli import collection as _collection
@@ -30,7 +28,6 @@ from clip._cli.common import cli_advice
 
 N_IMAGES = 6
 SHARD_SIZE = 2  # 3 shards: an interrupted run keeps some
-BOMB_SIDE = 20000  # 400 megapixels claimed: over twice Pillow's limit, so refused, not warned about
 LONG = 10_000  # characters of a value that must not be echoed whole
 MAX_ERROR_LINE = 600  # characters: a message, not the value
 
@@ -47,18 +44,6 @@ def _photos(folder: Path, n: int = N_IMAGES) -> Path:
     for index in range(n):
         _image(index).save(folder / f"im{index}.png")
     return folder
-
-
-def _bomb_png(path: Path) -> Path:
-    """A PNG of a few dozen bytes whose header claims BOMB_SIDE x BOMB_SIDE pixels."""
-    buffer = io.BytesIO()
-    Image.new("L", (1, 1)).save(buffer, format="PNG")
-    data = bytearray(buffer.getvalue())
-    # signature (8 bytes), IHDR length (4) and type (4), then width and height; the CRC covers type + 13 bytes
-    data[16:24] = struct.pack(">II", BOMB_SIDE, BOMB_SIDE)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    path.write_bytes(bytes(data))
-    return path
 
 
 def _embed(src, out, model, cwd: Path, *extra: str) -> Ran:
@@ -222,7 +207,7 @@ def test_a_quoted_comma_keeps_the_whole_caption(work: Path) -> None:
     ids=["default job", "classify", "search --image"],
 )
 def test_a_decompression_bomb_is_refused(work: Path, argv: List[str]) -> None:
-    _bomb_png(work / "bomb.png")
+    bomb_png(work / "bomb.png")
     before = snapshot(work)
     assert_one_line_error(run_clip(argv, work), 2, "bomb.png", "decompression bomb")
     assert snapshot(work) == before
@@ -289,7 +274,7 @@ def test_an_output_folder_that_cannot_be_created(work: Path, out: str) -> None:
 def test_a_folder_of_broken_images_fails(work: Path) -> None:
     (work / "broken").mkdir()
     (work / "broken" / "a.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
-    _bomb_png(work / "broken" / "b.png")
+    bomb_png(work / "broken" / "b.png")
     ran = _embed("broken", "broken.clip", "model.pt", work)
     assert_one_line_error(ran, 1, "no image could be read (2 tried)", "errors.tsv")
     errors = (work / "broken.clip" / "errors.tsv").read_text().splitlines()

@@ -1,5 +1,5 @@
 """Hostile inputs for `clip convert` and `clip train`, run as a user runs them (a subprocess,
-tests/_cli_battery.py): the exit status, one ``clip ...: error:`` line and no traceback, and the
+tests/support/_cli_battery.py): the exit status, one ``clip ...: error:`` line and no traceback, and the
 files before and after.
 
 Each case lost data, showed a traceback or misled before its fix: ``--force`` emptied any folder
@@ -8,14 +8,11 @@ stopped training, messages blamed SRC for DST or quoted torch's advice to load u
 written 0600.
 """
 
-import io
 import json
 import os
 import shutil
 import signal
-import struct
 import time
-import zlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, List, Optional
@@ -25,39 +22,16 @@ import torch
 from _checkpoints import release_archive
 from _cli_battery import Ran, assert_one_line_error, interrupt_clip, run_clip, snapshot
 from _http_server import FileServer
+from _images import bomb_png
+from _model_factory import TINY_TRAIN_CONFIG
 from PIL import Image
 
 ROWS = 8
 BATCH = 4  # two steps an epoch
-BOMB_SIDE = 20000  # 400 megapixels claimed: over twice Pillow's limit, so refused, not warned about
 UMASK = 0o022  # the common default: new files 0644, new folders 0755
-TINY_CONFIG = {  # a CLIP that trains an epoch in a fraction of a second
-    "embed_dim": 32,
-    "image_resolution": 32,
-    "vision_layers": 1,
-    "vision_width": 64,
-    "vision_patch_size": 8,
-    "context_length": 16,
-    "vocab_size": 49408,
-    "transformer_width": 64,
-    "transformer_heads": 1,
-    "transformer_layers": 1,
-}
 # no source answers at once: the discard port refuses connections
 UNREACHABLE = {"CLIP_WEIGHTS_SOURCE": "hub", "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}
 HAS_PROC = os.path.isdir("/proc/self")
-
-
-def _bomb_png(path: Path) -> Path:
-    """A PNG of a few dozen bytes whose header claims BOMB_SIDE x BOMB_SIDE pixels."""
-    buffer = io.BytesIO()
-    Image.new("L", (1, 1)).save(buffer, format="PNG")
-    data = bytearray(buffer.getvalue())
-    # signature (8 bytes), IHDR length (4) and type (4), then width and height; the CRC covers type + 13 bytes
-    data[16:24] = struct.pack(">II", BOMB_SIDE, BOMB_SIDE)
-    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
-    path.write_bytes(bytes(data))
-    return path
 
 
 def _pairs(path: Path, images: List[str]) -> Path:
@@ -78,9 +52,9 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
         Image.fromarray(pixels).save(root / "images" / f"{index}.png")
         names.append(f"images/{index}.png")
     _pairs(root / "pairs.csv", names)
-    _bomb_png(root / "images" / "bomb.png")
+    bomb_png(root / "images" / "bomb.png")
     _pairs(root / "bomb.csv", names[:3] + ["images/bomb.png"] + names[3:])
-    (root / "tiny.json").write_text(json.dumps(TINY_CONFIG), encoding="utf-8")
+    (root / "tiny.json").write_text(json.dumps(TINY_TRAIN_CONFIG), encoding="utf-8")
     shutil.copy(release_archive("vit"), root / "model.pt")
     return root
 
@@ -233,7 +207,7 @@ def test_train_refuses_an_existing_run_and_continues_it_only_with_resume(base: P
 
 
 def _config_with(**values: object) -> str:
-    return json.dumps({**TINY_CONFIG, **values})
+    return json.dumps({**TINY_TRAIN_CONFIG, **values})
 
 
 REFUSED_INPUTS = {

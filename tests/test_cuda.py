@@ -2,13 +2,13 @@
 
 Marked `cuda` and skipped (with the reason) where `torch.cuda.is_available()` is False; the default
 `pytest` runs them wherever a GPU is present, and `python -m benchmarks.gpu_check` runs them first.
-The archives are the release's layout (tests/_checkpoints.py: traced in fp16, graphs holding "cuda"
+The archives are the release's layout (tests/support/_checkpoints.py: traced in fp16, graphs holding "cuda"
 device constants and Half dtype constants, storages recorded on cuda:0): the tiny ViT and ResNet
 ones, and archives of the full-size ViT-B/32 and RN50 shapes with seeded random weights
-(tests/_model_factory.py), built once per session (several seconds each: marked slow).
+(tests/support/_model_factory.py), built once per session (several seconds each: marked slow).
 
 Reduced-precision outputs are compared with the CPU fp32 model of the same archive through
-tests/_cuda_checks.py, whose tolerance (FP16_FEATURE_REL_ERR) is stated and justified there and
+tests/support/_cuda_checks.py, whose tolerance (FP16_FEATURE_REL_ERR) is stated and justified there and
 exercised on the CPU by tests/test_cuda_checks.py.
 """
 

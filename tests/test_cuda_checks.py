@@ -1,4 +1,4 @@
-"""The device-independent checks behind tests/test_cuda.py (tests/_cuda_checks.py), run on the CPU.
+"""The device-independent checks behind tests/test_cuda.py (tests/support/_cuda_checks.py), run on the CPU.
 
 What the CUDA tests rely on is checked here where every machine can run it: the graph-constant
 scan against an archive before and after patching, the feature tolerance against fp16 arithmetic

@@ -1,6 +1,6 @@
 """Tests for `clip._weights.download`: verified, resumable, lock-protected downloads.
 
-Every test serves a few hundred KB of random bytes from a local HTTP server (tests/_http_server.py)
+Every test serves a few hundred KB of random bytes from a local HTTP server (tests/support/_http_server.py)
 at ``http://127.0.0.1:<port>/<sha256>/<name>.pt``, the layout of the release's URLs.
 """
 

@@ -1,6 +1,6 @@
 """Code written against the original runs unchanged on this package and gives the original's numbers.
 
-Each pattern of tests/_downstream.py (18 of them, from projects that `import clip`: shap-e, CoOp,
+Each pattern of tests/support/_downstream.py (18 of them, from projects that `import clip`: shap-e, CoOp,
 DALLE2-pytorch, StyleGAN-nada, clipseg, motion-diffusion-model, CLIP-LoRA, ultralytics, transformers'
 conversion, ...) runs here against this package; tests/data/downstream_golden.pt holds what the
 original returned for the same code and inputs (regenerate: `python tests/data/make_downstream_golden.py
@@ -25,7 +25,7 @@ GOLDEN_PATH = HERE / "data" / "downstream_golden.pt"
 
 
 def _load_patterns() -> Any:
-    spec = importlib.util.spec_from_file_location("_clip_downstream", HERE / "_downstream.py")
+    spec = importlib.util.spec_from_file_location("_clip_downstream", HERE / "support" / "_downstream.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

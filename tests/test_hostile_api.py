@@ -68,7 +68,7 @@ from clip._tokenize import MAX_CONTEXT_LENGTH
 from clip.loss import ClipLoss, contrastive_loss
 from clip.train import cosine_lr, parameter_groups
 
-EMBED_DIM = 32  # the tiny models' (tests/_checkpoints.py TINY_DIMS)
+EMBED_DIM = 32  # the tiny models' (tests/support/_checkpoints.py TINY_DIMS)
 N_CLASSES = len(CLASSES)
 
 

@@ -60,7 +60,7 @@ def test_clip_loss_equals_contrastive_loss_of_the_model_logits():
 def two_rank_results(tmp_path_factory):
     """The worker's results for every configuration, from one launch of 2 gloo ranks."""
     out = tmp_path_factory.mktemp("ddp-loss")
-    run_ranks(["tests/_ddp_loss_worker.py", str(out)], WORLD)
+    run_ranks(["tests/support/_ddp_loss_worker.py", str(out)], WORLD)
     return out
 
 

@@ -1,7 +1,7 @@
 """Tests of `clip.model`: layout of the nine released architectures, `build_model`'s contract,
 numerical parity with the original implementation, low precision on CPU and input checks.
 
-Self-contained (no conftest fixtures). State dicts come from tests/_model_factory.py (seeded,
+Self-contained (no conftest fixtures). State dicts come from tests/support/_model_factory.py (seeded,
 reproducible, release layout); golden outputs of the original (clip-anytorch 2.6.0) come from
 tests/data/make_model_golden.py. Measured parity diffs are printed (`pytest -s`) and recorded as
 test properties.
@@ -40,7 +40,9 @@ DATA = HERE / "data"
 
 def _load_factory() -> Any:
     # loaded by path, as the golden script loads it, so no package or conftest is involved
-    spec = importlib.util.spec_from_file_location("_clip_test_model_factory", HERE / "_model_factory.py")
+    spec = importlib.util.spec_from_file_location(
+        "_clip_test_model_factory", HERE / "support" / "_model_factory.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -5,8 +5,8 @@ Golden files are made on one machine and checked on others (AVX2, AVX-512, AMX, 
 keep that honest:
 
 * everything a golden or digest is keyed on (seeded weights, images, token ids) is built from
-  integer draws and exactly rounded operations (tests/_model_factory.py, tests/_images.py), so its
-  bytes do not depend on the CPU. `test_fixtures_are_bit_identical_across_kernel_paths` rebuilds
+  integer draws and exactly rounded operations (tests/support/_model_factory.py and _images.py), so
+  its bytes do not depend on the CPU. `test_fixtures_are_bit_identical_across_kernel_paths` rebuilds
   them in processes that run other kernels and compares digests;
 * outputs of floating-point kernels are compared with tolerances stated next to each comparison.
   `test_golden_tests_pass_on_other_kernels` runs every test marked `golden` again in a process
@@ -98,7 +98,7 @@ def _kernel_env(capability: str) -> Dict[str, str]:
 
 def _digests(env: Dict[str, str]) -> Dict[str, str]:
     done = subprocess.run(
-        [sys.executable, "-c", _DIGEST_SCRIPT, str(TESTS)],
+        [sys.executable, "-c", _DIGEST_SCRIPT, str(TESTS / "support")],
         env=env,
         capture_output=True,
         text=True,

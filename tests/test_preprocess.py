@@ -1,7 +1,7 @@
 """Image preprocessing: `_transform` against the original's outputs, `preprocess_batch` against both.
 
 Golden outputs come from tests/data/make_preprocess_golden.py, which runs the original's
-`_transform` (clip-anytorch, in a separate process) on the seeded images of tests/_images.py and on
+`_transform` (clip-anytorch, in a separate process) on the seeded images of tests/support/_images.py and on
 CLIP.png. A summary matches only if the SHA256 of the fp32 bytes matches, i.e. bit for bit.
 """
 

@@ -3,33 +3,19 @@
 import csv
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from _checkpoints import release_archive
+from _examples import load_example
+from _model_factory import TINY_TRAIN_CONFIG
 
 import clip
 from clip.__main__ import main as cli_main
 from clip.train import TrainConfig, build_from_config, cosine_lr, parameter_groups, train
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-import shapes_dataset  # noqa: E402
-
-# A CLIP small enough to train in a second: ViT 32 px, patch 8 (17 tokens), one block per tower.
-TINY_CONFIG = {
-    "embed_dim": 32,
-    "image_resolution": 32,
-    "vision_layers": 1,
-    "vision_width": 64,
-    "vision_patch_size": 8,
-    "context_length": 16,
-    "vocab_size": 49408,
-    "transformer_width": 64,
-    "transformer_heads": 1,
-    "transformer_layers": 1,
-}
+shapes_dataset = load_example("shapes_dataset")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +26,7 @@ def shapes(tmp_path_factory):
     train_csv = shapes_dataset.generate(str(out), "train", 48, every, seed=1)
     val_csv = shapes_dataset.generate(str(out), "val", 24, every, seed=2)
     config = out / "tiny.json"
-    config.write_text(json.dumps(TINY_CONFIG), encoding="utf-8")
+    config.write_text(json.dumps(TINY_TRAIN_CONFIG), encoding="utf-8")
     return train_csv, val_csv, config
 
 
@@ -260,7 +246,7 @@ def test_fine_tuning_a_release_checkpoint_lowers_the_validation_loss(shapes, tmp
 # the demonstration: a tiny CLIP from scratch composes words it only saw apart
 
 ZERO_SHOT_CONFIG = {
-    **TINY_CONFIG,
+    **TINY_TRAIN_CONFIG,
     "embed_dim": 64,
     "vision_layers": 2,
     "vision_patch_size": 4,

@@ -1,18 +1,17 @@
 """`clip train` under torch.distributed: 2 gloo ranks on 127.0.0.1 against 1 process."""
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from _distributed import run_ranks
+from _examples import load_example
+from _model_factory import TINY_TRAIN_CONFIG
 
 from clip.train import TrainConfig, train
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-import shapes_dataset  # noqa: E402
-from test_train import TINY_CONFIG  # noqa: E402  (the same tiny CLIP as the one-process tests)
+shapes_dataset = load_example("shapes_dataset")
+
 
 WORLD, PER_RANK_BATCH, EPOCHS = 2, 8, 2
 # Ranks sum gradients in another order than one process (fp32 rounding, ~1e-7 relative); AdamW
@@ -27,7 +26,7 @@ def test_two_ranks_train_like_one_process_on_the_global_batch(tmp_path):
     every = [(s, c) for s in shapes_dataset.SHAPES for c in shapes_dataset.COLOURS]
     train_csv = shapes_dataset.generate(str(tmp_path), "train", 48, every, seed=1)
     config = tmp_path / "tiny.json"
-    config.write_text(json.dumps(TINY_CONFIG), encoding="utf-8")
+    config.write_text(json.dumps(TINY_TRAIN_CONFIG), encoding="utf-8")
     common = dict(
         train_data=str(train_csv), model_config=str(config), epochs=EPOCHS, lr=1e-3, warmup=2, workers=0
     )

@@ -4,7 +4,7 @@
 
 ORACLE_DIR holds the original `clip` package (clip-anytorch, installed with
 `pip install --no-deps --target DIR clip-anytorch`); default: `$CLIP_ORACLE_PATH`. The patterns are
-the functions of tests/_downstream.py; they run here in a process that imports the original (from a
+the functions of tests/support/_downstream.py; they run here in a process that imports the original (from a
 temporary working directory, so that this repository's `clip/` cannot shadow it), and
 tests/test_downstream.py runs the same functions against this package. Needs torch, torchvision and
 transformers (one pattern converts the model to a transformers CLIPModel).
@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parent
-PATTERNS_PATH = DATA.parent / "_downstream.py"
+PATTERNS_PATH = DATA.parent / "support" / "_downstream.py"
 GOLDEN_PATH = DATA / "downstream_golden.pt"
 RELEASE_VIT_B_32_ATTENTION_LAYERS = 24  # 12 image + 12 text blocks
 

@@ -5,8 +5,8 @@ own, with only the oracle folder on its path and its working directory outside t
 
     .venv/bin/python tests/data/make_load_golden.py [--oracle DIR]
 
-For the tiny ViT and ResNet release-layout archives of tests/_checkpoints.py (seed 0: weights of
-tests/_model_factory.py, traced like the release, "cuda" device constants, Half dtype constants,
+For the tiny ViT and ResNet release-layout archives of tests/support/_checkpoints.py (seed 0: weights of
+tests/support/_model_factory.py, traced like the release, "cuda" device constants, Half dtype constants,
 storages recorded on cuda:0) it records, for the original's `load(path, device="cpu", jit=False)`
 and `load(path, device="cpu", jit=True)`: image features, text features and logits_per_image on
 `example_inputs(arch)`. Also recorded: SHA256 digests of the archive's weights and of the inputs, so
@@ -43,7 +43,7 @@ torch.save(out, sys.argv[2])
 
 
 def main() -> None:
-    sys.path.insert(0, str(TESTS))
+    sys.path.insert(0, str(TESTS / "support"))
     from _checkpoints import example_inputs, release_archive, tiny_state_dict
     from _golden import digest, oracle_argument, resolve_oracle, run_oracle_script
 

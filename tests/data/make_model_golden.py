@@ -11,7 +11,7 @@ Writes next to this script:
 - model_golden_layout.pt: for the nine released architectures and the two tiny test configs,
   the key count, parameter count and a SHA256 of the (key, shape, dtype) list, in order, of the
   original's `CLIP` after `convert_weights` (built on the meta device). Before writing, it checks
-  that tests/_model_factory.py describes exactly that layout.
+  that tests/support/_model_factory.py describes exactly that layout.
 - model_golden_<config>.pt for tiny-vit, tiny-rn, ViT-B/32 and RN50: the seeds, the token ids
   (the original tokenizer on fixed captions) and the original's fp32 outputs
   (`build_model(sd).float()`): image features, text features and logits_per_image, for the
@@ -28,8 +28,8 @@ from typing import Dict, List, Tuple
 import torch
 
 DATA = Path(__file__).resolve().parent
-FACTORY_PATH = DATA.parent / "_model_factory.py"
-sys.path.insert(0, str(DATA.parent))  # tests/: _golden (imports no clip)
+FACTORY_PATH = DATA.parent / "support" / "_model_factory.py"
+sys.path.insert(0, str(DATA.parent / "support"))  # _golden (imports no clip)
 from _golden import oracle_argument, under_oracle  # noqa: E402
 
 CAPTIONS = ["a diagram", "a dog", "a cat", "a photo of a cat sitting on a red sofa at night"]
@@ -68,7 +68,7 @@ def main() -> None:
             convert_weights(model)
         entries = [(k, tuple(v.shape), v.dtype) for k, v in model.state_dict().items()]
         if entries != factory.layout(name):
-            sys.exit(f"tests/_model_factory.py disagrees with the original's layout for {name}")
+            sys.exit(f"tests/support/_model_factory.py disagrees with the original's layout for {name}")
         layouts[name] = {
             "keys": len(entries),
             "params": sum(p.numel() for p in model.parameters()),

@@ -25,7 +25,7 @@ TESTS = DATA.parent
 REPO = TESTS.parent
 OUTPUT = DATA / "names_golden.json"
 MODULES = ("clip", "clip.clip", "clip.model", "clip.simple_tokenizer")
-sys.path.insert(0, str(TESTS))  # _golden (imports no clip)
+sys.path.insert(0, str(TESTS / "support"))  # _golden (imports no clip)
 from _golden import oracle_argument, under_oracle  # noqa: E402
 
 

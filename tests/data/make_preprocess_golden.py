@@ -10,8 +10,8 @@ PYTHONPATH and a scratch working directory, so that our own `clip/` package cann
 The oracle is `clip-anytorch` 2.6.0 (`pip install --no-deps --target DIR clip-anytorch==2.6.0
 "setuptools<81"`; setuptools for its `pkg_resources` import); its `_transform` is the release's.
 
-What it stores (a few hundred bytes per tensor; see `summarize` in tests/_images.py):
-- "images": for every image of `tests/_images.build_images()` (seeded synthetic images of every PIL
+What it stores (a few hundred bytes per tensor; see `summarize` in tests/support/_images.py):
+- "images": for every image of `tests/support/_images.build_images()` (seeded synthetic images of every PIL
   mode, odd sizes and extreme aspect ratios), the image's digest and a summary of the original's
   `_transform(224)(image)`: SHA256 of the fp32 bytes, float64 sum and sum of squares, and values at
   seeded positions.
@@ -33,12 +33,12 @@ REPO = TESTS.parent
 OUTPUT = DATA / "preprocess_golden.json"
 CLIP_PNG = REPO / "CLIP.png"
 RESOLUTION_IMAGES = ("RGBA-480x640",)
-sys.path.insert(0, str(TESTS))  # _golden (imports no clip)
+sys.path.insert(0, str(TESTS / "support"))  # _golden (imports no clip)
 from _golden import oracle_argument, under_oracle  # noqa: E402
 
 
 def load_images_module():
-    spec = importlib.util.spec_from_file_location("_images", TESTS / "_images.py")
+    spec = importlib.util.spec_from_file_location("_images", TESTS / "support" / "_images.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

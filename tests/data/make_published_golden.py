@@ -6,12 +6,12 @@ own, with only the oracle folder on its path and its working directory outside t
 
     .venv/bin/python tests/data/make_published_golden.py [--oracle DIR]
 
-For the tiny ViT and ResNet release-layout archives of tests/_checkpoints.py (seed 0), the oracle's
+For the tiny ViT and ResNet release-layout archives of tests/support/_checkpoints.py (seed 0), the oracle's
 `clip.load(path, device="cpu", jit=False)` and `jit=True` compute
 
 * the README's first example: CLIP.png against "a diagram", "a dog", "a cat", the softmax of
   `logits_per_image` (the published run: [[0.9927937, 0.00421068, 0.00299572]] with ViT-B/32);
-* the README's second example, with a deterministic 32 x 32 pattern (tests/_published.py) in place of
+* the README's second example, with a deterministic 32 x 32 pattern (tests/support/_published.py) in place of
   CIFAR-100 test image 3637: "a photo of a {label}" for the 100 CIFAR-100 classes, softmax of 100 x
   cosine similarity, top 5.
 
@@ -86,7 +86,7 @@ def _load_by_path(name: str, path: Path):
 
 
 def main() -> None:
-    sys.path.insert(0, str(TESTS))
+    sys.path.insert(0, str(TESTS / "support"))
     from _checkpoints import release_archive, tiny_state_dict
     from _golden import digest, oracle_argument, resolve_oracle, run_oracle_script
 

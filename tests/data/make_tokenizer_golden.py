@@ -34,7 +34,7 @@ from typing import Dict, List
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 
-sys.path.insert(0, str(HERE.parent))  # tests/: _golden (imports no clip)
+sys.path.insert(0, str(HERE.parent / "support"))  # _golden (imports no clip)
 from _golden import oracle_argument, under_oracle  # noqa: E402
 
 if __name__ == "__main__":

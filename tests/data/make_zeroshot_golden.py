@@ -6,14 +6,14 @@ own, with only the oracle folder on its path and its working directory outside t
 
     .venv/bin/python tests/data/make_zeroshot_golden.py [--oracle DIR]   # else $CLIP_ORACLE_PATH, .oracle
 
-For the tiny ViT and ResNet release-layout archives of tests/_checkpoints.py (seed 0), loaded with
+For the tiny ViT and ResNet release-layout archives of tests/support/_checkpoints.py (seed 0), loaded with
 `clip.load(path, device="cpu", jit=False)`, the oracle computes
 
 * ``classifier``: the `zeroshot_classifier` of the release's "Prompt Engineering for ImageNet"
   notebook (per class: encode the filled templates, normalise each, average, renormalise; columns
-  stacked) for the classes and templates of tests/_zeroshot_inputs.py;
+  stacked) for the classes and templates of tests/support/_zeroshot_inputs.py;
 * ``logits``: the notebook's evaluation step on the integer-drawn images of
-  tests/_zeroshot_inputs.py (normalised image features, ``100. * image_features @ classifier``).
+  tests/support/_zeroshot_inputs.py (normalised image features, ``100. * image_features @ classifier``).
 """
 
 import json
@@ -72,7 +72,7 @@ def _round(value):
 
 
 def main() -> None:
-    sys.path.insert(0, str(TESTS))
+    sys.path.insert(0, str(TESTS / "support"))
     from _checkpoints import TINY_DIMS, release_archive, tiny_state_dict
     from _golden import digest, oracle_argument, resolve_oracle, run_oracle_script
     from _zeroshot_inputs import CLASSES, TEMPLATES, pixel_batch

@@ -1,4 +1,4 @@
-"""One rank of the ClipLoss test: python tests/_ddp_loss_worker.py OUT_DIR.
+"""One rank of the ClipLoss test: python tests/support/_ddp_loss_worker.py OUT_DIR.
 
 For each (local_loss, gather_with_grad) in CONFIGS: ClipLoss on this rank's share of the global
 batch of `loss_problem`, parameter gradients averaged over ranks (as DistributedDataParallel does);

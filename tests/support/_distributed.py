@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import List, Sequence
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
 RANK_TIMEOUT_S = 600  # generous: importing torch alone takes a minute on a loaded machine
 

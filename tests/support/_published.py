@@ -23,7 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent.parent  # tests/
 REPO_ROOT = HERE.parent
 CLIP_PNG = REPO_ROOT / "CLIP.png"
 GOLDEN_PATH = HERE / "data" / "published_golden.json"

@@ -90,6 +90,22 @@ Layout = List[Tuple[str, Tuple[int, ...], torch.dtype]]
 DimsLike = Union[str, Mapping[str, Any], Any]
 
 
+# A CLIP small enough to train in a second (clip train --model-config): ViT 32 px, patch 8 (17
+# tokens), one block per tower.
+TINY_TRAIN_CONFIG: Dict[str, int] = {
+    "embed_dim": 32,
+    "image_resolution": 32,
+    "vision_layers": 1,
+    "vision_width": 64,
+    "vision_patch_size": 8,
+    "context_length": 16,
+    "vocab_size": VOCAB_SIZE,
+    "transformer_width": 64,
+    "transformer_heads": 1,
+    "transformer_layers": 1,
+}
+
+
 def dims_of(config: DimsLike) -> Dict[str, Any]:
     """The ten CLIP dimensions of a config name, a mapping, or an object with those attributes."""
     if isinstance(config, str):

@@ -16,6 +16,10 @@ while the original `clip` package is the one on `sys.path`.
 """
 
 import hashlib
+import io
+import struct
+import zlib
+from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 import numpy as np
@@ -169,3 +173,19 @@ def summarize(tensor: torch.Tensor) -> Dict[str, Any]:
         "sample_index": [int(i) for i in index],
         "sample": [float(v) for v in flat[index]],
     }
+
+
+BOMB_SIDE = 20000  # 400 megapixels claimed: over twice Pillow's limit, so refused, not warned about
+
+
+def bomb_png(path: Path, side: int = BOMB_SIDE) -> Path:
+    """Write a PNG of a few dozen bytes whose header claims `side` x `side` pixels (a decompression
+    bomb as Pillow sees it) at `path`; return `path`."""
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, format="PNG")
+    data = bytearray(buffer.getvalue())
+    # signature (8 bytes), IHDR length (4) and type (4), then width and height; the CRC covers type + 13 bytes
+    data[16:24] = struct.pack(">II", side, side)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+    path.write_bytes(bytes(data))
+    return path

@@ -9,7 +9,7 @@ from types import ModuleType
 
 import clip  # noqa: F401  (imported first: the benchmark's `import clip` must find this one)
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def import_benchmark(name: str) -> ModuleType:

@@ -1,4 +1,4 @@
-"""A long-lived `clip` runner for tests/_cli_battery.py: one process that has imported torch and clip
+"""A long-lived `clip` runner for tests/support/_cli_battery.py: one process that has imported torch and clip
 once, and runs command lines one after another, each as ``python -m clip ARGS`` would run it.
 
 Requests come as JSON lines on stdin: ``{"args": [...], "cwd": ..., "env": {...}, "umask": int}``.

@@ -6,7 +6,7 @@ Each pattern is written here from what such projects do (the project named in it
 copied from them. Torch (and, for one pattern, transformers) only: this module imports neither
 package by name at import time; `run` is given the `clip` module to use.
 
-Models are the tiny test configurations of tests/_model_factory.py, saved with `torch.save` and
+Models are the tiny test configurations of tests/support/_model_factory.py, saved with `torch.save` and
 loaded through `clip.load(path)`; every other input is drawn with `torch.randint` from a seeded
 generator, so both sides see bit-identical inputs.
 """

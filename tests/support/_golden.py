@@ -15,7 +15,7 @@ from typing import Dict, Optional, Sequence
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ORACLE_ENV_VAR = "CLIP_ORACLE_PATH"
 DEFAULT_ORACLE = REPO / ".oracle"  # git-ignored; any folder works through --oracle or the variable
 INSTALL_COMMAND = 'pip install --no-deps --target {oracle} clip-anytorch==2.6.0 "setuptools<81"'

@@ -2,7 +2,7 @@
 
 `run_clip` runs ``python -m clip ARGS`` in a folder (no download permission, an empty weights cache,
 warnings off) and returns a :class:`Ran`. It runs in a subprocess that stays up for the session
-(tests/_cli_worker.py: torch and clip imported once, each command run as ``python -m clip`` runs it,
+(tests/support/_cli_worker.py: torch and clip imported once, each command run as ``python -m clip`` runs it,
 with its own environment, working folder and umask), so that a case costs its own work and not
 four seconds of importing torch; ``fresh=True`` starts a new process for the one command instead.
 `interrupt_clip` always starts a new process, to send it Ctrl-C. `snapshot` lists a folder's files
@@ -60,7 +60,7 @@ def run_clip(
 
 
 class _Worker:
-    """The subprocess of tests/_cli_worker.py, fed one command line at a time."""
+    """The subprocess of tests/support/_cli_worker.py, fed one command line at a time."""
 
     def __init__(self) -> None:
         script = Path(__file__).with_name("_cli_worker.py")
