@@ -62,7 +62,7 @@ def load(
 
     Args:
         name: a name from `available_models()` (found on disk or downloaded once, verified by
-            SHA256; see "Where the weights come from" in the README), or the path of a checkpoint
+            SHA256; see docs/weights.md, "Where the weights come from"), or the path of a checkpoint
             file or model directory in any format `clip._weights.formats.read_state_dict` reads (release
             archive, torch.save state dict, .safetensors, open_clip, transformers).
         device: "cpu", "cuda", "cuda:N", a `torch.device`, ... (case-insensitive). Default: "cuda"
