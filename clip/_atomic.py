@@ -11,7 +11,7 @@ import os
 import signal
 import tempfile
 import threading
-from typing import Any, Iterator, List
+from typing import Any, Iterator, List, Optional, Union
 
 __all__ = ["file_mode", "directory_mode", "replacing", "interrupts_held"]
 
@@ -36,11 +36,15 @@ def directory_mode() -> int:
 
 
 @contextlib.contextmanager
-def replacing(path: str) -> Iterator[str]:
+def replacing(path: "Union[str, os.PathLike[str]]", prefix: Optional[str] = None) -> Iterator[str]:
     """A fresh temporary path in `path`'s folder; when the block ends, the file written there takes
-    `path`'s place (mode: see `file_mode`). On an error or Ctrl-C it is removed, `path` untouched."""
+    `path`'s place (mode: see `file_mode`). On an error or Ctrl-C it is removed, `path` untouched.
+
+    The temporary file's name starts with `prefix` (default: ``.NAME.``, NAME being `path`'s) and
+    ends with ``.tmp``: a writer that sweeps its own leftovers names them with its prefix.
+    """
     directory, base = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=f".{base}." if prefix is None else prefix, suffix=".tmp", dir=directory)
     os.close(fd)
     try:
         yield tmp

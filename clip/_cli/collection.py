@@ -26,14 +26,13 @@ import csv
 import hashlib
 import json
 import os
-import tempfile
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .._atomic import replacing
 from .common import UsageError, shorten
 
 __all__ = [
@@ -66,7 +65,6 @@ SNIFF_BYTES = 16
 HASH_CHUNK_BYTES = 1024 * 1024  # a checkpoint is hashed in chunks of this size, never read whole
 SHOWN_DIGEST = 12  # hex digits of a SHA256 shown in a message
 SHOWN_LINES = 5  # line numbers listed in a message about bad rows
-NEW_FILE_MODE = 0o666  # what open() asks for a new file, before the umask
 
 # Leading bytes of the image formats Pillow reads that cameras, phones and the web produce.
 _MAGIC: Tuple[Tuple[int, bytes], ...] = (
@@ -281,33 +279,8 @@ def shard_name(kind: str, shard: int, suffix: str) -> str:
     return f"{kind}-{shard:05d}{suffix}"
 
 
-def _umask() -> int:
-    """The process's umask (reading it means setting it: it is set straight back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-@contextmanager
-def _atomic(path: Path) -> Iterator[str]:
-    """A temporary file beside `path`, renamed to `path` when the block ends without an error.
-
-    mkstemp creates it 0600 whatever the umask; it gets the mode a new file gets (0644 under umask 022).
-    """
-    handle, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=path.suffix, dir=path.parent)
-    os.close(handle)
-    try:
-        os.chmod(temp, NEW_FILE_MODE & ~_umask())
-        yield temp
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
-
-
 def write_json(path: Path, value: Any) -> None:
-    with _atomic(path) as temp, open(temp, "w", encoding="utf-8") as handle:
+    with replacing(path, TEMP_PREFIX) as temp, open(temp, "w", encoding="utf-8") as handle:
         json.dump(value, handle)
 
 
@@ -323,16 +296,7 @@ def check_out(out: Path, run: RunInfo, legacy_items_sha256: Optional[Callable[[]
         raise CollectionError(f"-o {out}: exists and is not a folder")
     existing = out / RUN_FILE
     if existing.is_file():
-        try:
-            previous = json.loads(existing.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise CollectionError(f"{existing} cannot be read ({exc}); use another OUT folder") from exc
-        version = previous.get("format") if isinstance(previous, dict) else None
-        if version not in (LEGACY_FORMAT, FORMAT_VERSION):
-            raise CollectionError(
-                f"{existing}: not a run this clip can resume (format {version!r}, made by "
-                f"another version?); use another OUT folder"
-            )
+        previous = _read_versioned(existing, "a run this clip can resume", "use another OUT folder")
         _check_same_model(out, previous, run)
         expected = run.as_dict()
         if previous["format"] == LEGACY_FORMAT and legacy_items_sha256 is not None:
@@ -437,10 +401,16 @@ def write_shard(
 ) -> None:
     """Write shard `shard`: its feature files, then its ``.json`` (rows = item indices, in order;
     `rank`: the torch.distributed rank that computed it)."""
-    with _atomic(out / shard_name("images", shard, ".npy")) as temp, open(temp, "wb") as handle:
+    with (
+        replacing(out / shard_name("images", shard, ".npy"), TEMP_PREFIX) as temp,
+        open(temp, "wb") as handle,
+    ):
         np.save(handle, image_features)
     if text_features is not None:
-        with _atomic(out / shard_name("texts", shard, ".npy")) as temp, open(temp, "wb") as handle:
+        with (
+            replacing(out / shard_name("texts", shard, ".npy"), TEMP_PREFIX) as temp,
+            open(temp, "wb") as handle,
+        ):
             np.save(handle, text_features)
     write_json(out / shard_name("shard", shard, ".json"), {"rows": rows, "errors": errors, "rank": rank})
 
@@ -465,7 +435,7 @@ def write_manifest(out: Path, run: RunInfo, items: Sequence[Item], n_shards: int
         )
     # surrogateescape: a file name that is not valid UTF-8 is written as its own bytes
     with (
-        _atomic(out / ERRORS_FILE) as temp,
+        replacing(out / ERRORS_FILE, TEMP_PREFIX) as temp,
         open(temp, "w", encoding="utf-8", errors="surrogateescape", newline="") as handle,
     ):
         writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
@@ -482,17 +452,20 @@ def read_manifest(out: Path) -> Dict[str, Any]:
             " (the run is unfinished: rerun clip embed to complete it)" if (out / RUN_FILE).is_file() else ""
         )
         raise CollectionError(f"{out}: no {MANIFEST_FILE}{hint}; pass the OUT folder of a clip embed run")
+    return _read_versioned(path, "a manifest this clip reads", "embed the collection again with this one")
+
+
+def _read_versioned(path: Path, what: str, advice: str) -> Dict[str, Any]:
+    """The JSON object in `path` (run.json or manifest.json) of a format this clip reads, or a
+    CollectionError saying it is not `what`, and `advice`."""
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise CollectionError(f"{path} cannot be read: {exc}") from exc
-    version = manifest.get("format") if isinstance(manifest, dict) else None
+        raise CollectionError(f"{path} cannot be read ({exc}); {advice}") from exc
+    version = value.get("format") if isinstance(value, dict) else None
     if version not in (LEGACY_FORMAT, FORMAT_VERSION):
-        raise CollectionError(
-            f"{path}: not a manifest this clip reads (format {version!r}, made by another "
-            "version?); embed the collection again with this one"
-        )
-    return manifest
+        raise CollectionError(f"{path}: not {what} (format {version!r}, made by another version?); {advice}")
+    return value
 
 
 def open_shard(out: Path, manifest: Dict[str, Any], shard: int, kind: str = "images") -> np.ndarray:
