@@ -168,7 +168,12 @@ def test_convert_and_train_speak_of_flags_when_weights_are_missing(base: Path, t
     ran = _train(base, tmp_path, "--model", "ViT-B/32")  # the cache only, unless --download
     assert_one_line_error(ran, 2, "not in the cache")
     assert "--download" in ran.err and "download_root" not in ran.err
+    assert "pass a checkpoint file instead: --model path/to/checkpoint.pt" in ran.err
     assert not (tmp_path / "logs").exists()
+    ran = run_clip(["convert", "ViT-B/32", "out.safetensors"], tmp_path)  # convert takes a file as SRC
+    assert_one_line_error(ran, 2, "not in the cache")
+    assert "pass a checkpoint file instead: clip convert path/to/checkpoint.pt DST" in ran.err
+    assert "--model" not in ran.err and not (tmp_path / "out.safetensors").exists()
 
 
 # ----------------------------------------------------------------------------------------------

@@ -11,14 +11,13 @@ Anything else is a bug and keeps its traceback.
 import argparse
 import os
 import sys
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, TextIO, Tuple
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from .._weights.sources import WeightsNotOnDisk
+    from .._weights.sources import Located, WeightsNotOnDisk
 
 __all__ = [
     "EXIT_OK",
@@ -231,17 +230,23 @@ def open_image(path: Path) -> "Image.Image":
         raise UsageError(f"cannot read {path} as an image: {exc}") from exc
 
 
-def checkpoint_to_load(model: str, root: str, allow_download: bool) -> str:
+MODEL_FILE_ADVICE = "--model path/to/checkpoint.pt"  # how most commands take a checkpoint file
+
+
+def checkpoint_to_load(
+    model: str, root: str, allow_download: bool, file_advice: str = MODEL_FILE_ADVICE
+) -> str:
     """What to pass to `clip.load`: the name (download allowed), the verified file on disk, or a path.
 
     Without permission to download, nothing here touches the network: a released model must already
     be on disk (the release file in `root` with the right SHA256, or a hub copy `clip.load` would
-    find: see clip/_weights/sources.py), or a UsageError says how to provide it.
+    find: see clip/_weights/sources.py), or a UsageError says how to provide it (`file_advice`: how
+    this command takes a checkpoint file instead).
     """
     from ..clip import _MODELS, available_models
 
     if model in _MODELS:
-        return model if allow_download else _weights_on_disk(model, root)
+        return model if allow_download else _weights_on_disk(model, root, file_advice)
     if os.path.isfile(model):
         return model
     if os.path.isdir(model):
@@ -259,7 +264,7 @@ def checkpoint_to_load(model: str, root: str, allow_download: bool) -> str:
     )
 
 
-def _weights_on_disk(model: str, root: str) -> str:
+def _weights_on_disk(model: str, root: str, file_advice: str) -> str:
     """The verified file of the released `model` already on disk (nothing touches the network), named
     on stderr when it is not the release's own; a UsageError saying how to provide one otherwise."""
     from .._weights.sources import WeightsNotOnDisk, resolve
@@ -267,15 +272,20 @@ def _weights_on_disk(model: str, root: str) -> str:
     try:
         located = resolve(model, root, allow_download=False)
     except WeightsNotOnDisk as exc:
-        raise UsageError(_not_on_disk_message(exc)) from exc
+        raise UsageError(_not_on_disk_message(exc, file_advice)) from exc
     except ValueError as exc:  # CLIP_WEIGHTS_SOURCE set to something else than auto/release/hub
         raise UsageError(str(exc)) from exc
-    if not located.is_release_file:
-        print(f"clip: using {located.source} ({located.path})", file=sys.stderr)
+    _say_copy_used(located)
     return located.path
 
 
-def _not_on_disk_message(missing: "WeightsNotOnDisk") -> str:
+def _say_copy_used(located: "Located") -> None:
+    """Name, on stderr, a copy of the weights that is not the release's own file (a hub copy)."""
+    if not located.is_release_file:
+        print(f"clip: using {located.source} ({located.path})", file=sys.stderr)
+
+
+def _not_on_disk_message(missing: "WeightsNotOnDisk", file_advice: str) -> str:
     """What a command says when a released model's weights are not on disk (a WeightsNotOnDisk)."""
     how = (
         f"To provide it, do one of:\n"
@@ -283,7 +293,7 @@ def _not_on_disk_message(missing: "WeightsNotOnDisk") -> str:
         f"  - download {missing.url}\n"
         f"    and save it as {missing.path}\n"
         f"  - use another cache directory that holds it: --download-root DIR or CLIP_CACHE_DIR=DIR\n"
-        f"  - pass a checkpoint file instead: --model path/to/checkpoint.pt"
+        f"  - pass a checkpoint file instead: {file_advice}"
     )
     if not missing.mismatched:
         return (
@@ -297,7 +307,9 @@ def _not_on_disk_message(missing: "WeightsNotOnDisk") -> str:
     )
 
 
-def weights_file(model: str, download_root: Optional[str], download: bool) -> str:
+def weights_file(
+    model: str, download_root: Optional[str], download: bool, file_advice: str = MODEL_FILE_ADVICE
+) -> str:
     """A path to read `model`'s weights from, for commands that read the file themselves (convert,
     train): `checkpoint_to_load`'s answer, a released model it may download fetched into the cache
     first. A failed download is a CommandFailure worded for the command line (--download-root)."""
@@ -305,7 +317,7 @@ def weights_file(model: str, download_root: Optional[str], download: bool) -> st
     from ..clip import _MODELS, DownloadError, default_cache_dir
 
     root = download_root or default_cache_dir()
-    checkpoint = checkpoint_to_load(model, root, download_allowed(download))
+    checkpoint = checkpoint_to_load(model, root, download_allowed(download), file_advice)
     if checkpoint != model or model not in _MODELS:
         return checkpoint
     try:
@@ -319,8 +331,7 @@ def weights_file(model: str, download_root: Optional[str], download: bool) -> st
         ) from exc
     except ValueError as exc:  # CLIP_WEIGHTS_SOURCE or CLIP_DOWNLOAD_TIMEOUT is invalid
         raise UsageError(str(exc)) from exc
-    if not located.is_release_file:  # worded as clip.load words it, as these commands always said it
-        warnings.warn(f"clip.load({model!r}): using {located.source} ({located.path})", stacklevel=3)
+    _say_copy_used(located)
     return located.path
 
 

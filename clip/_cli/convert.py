@@ -29,6 +29,7 @@ RELEASE_DTYPES = "release"
 DTYPES = (RELEASE_DTYPES, "float32", "float16", "bfloat16")
 HF_WEIGHTS_FILE = "model.safetensors"
 HF_CONFIG_FILE = "config.json"
+SRC_FILE_ADVICE = "clip convert path/to/checkpoint.pt DST"  # SRC takes a checkpoint file
 RELEASE_METADATA = {"format": "pt", "layout": "openai-clip-release"}
 HF_MODEL_TYPE = "clip"  # config.json's model_type in a transformers CLIPModel folder
 NAMES_SHOWN = 3  # files of a refused DST folder named in the message
@@ -105,7 +106,11 @@ def _run(args: argparse.Namespace) -> int:
             "directory"
         )
     _check_destination(args.dst, args.to, args.force)
-    source = weights_file(args.src, args.download_root, args.download) if args.src in _MODELS else args.src
+    source = (
+        weights_file(args.src, args.download_root, args.download, SRC_FILE_ADVICE)
+        if args.src in _MODELS
+        else args.src
+    )
     try:
         weights = _release_weights(source)
         if args.to == "hf":
