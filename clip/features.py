@@ -109,10 +109,17 @@ def recall_at_k(
     Images that no text describes are left out of the image-to-text recall. `ks` may be one int.
 
     Raises ValueError when a feature row holds NaN or infinity or is all zeros (its similarities
-    are undefined, so no recall computed from it is right), naming the input and the row.
+    are undefined, so no recall computed from it is right), naming the input and the row, and
+    TypeError when `text_to_image` is not integers (floats or bools).
     """
     images, texts = _check_features(image_features, text_features)
-    owner = torch.as_tensor(text_to_image, dtype=torch.long).to(images.device)
+    owner = torch.as_tensor(text_to_image)
+    if owner.is_floating_point() or owner.is_complex() or owner.dtype == torch.bool:
+        raise TypeError(
+            f"text_to_image must hold integer image indices, got {owner.dtype} (a float index would be cut "
+            "to an integer without a word); pass ints, e.g. text_to_image.long() of whole numbers"
+        )
+    owner = owner.to(device=images.device, dtype=torch.long)
     if owner.shape != (texts.shape[0],):
         raise ValueError(
             f"text_to_image must hold one image index per text ({texts.shape[0]}), got {tuple(owner.shape)}"

@@ -239,6 +239,18 @@ BAD_CALLS = [
     ),
     # features
     pytest.param(
+        lambda e: features.recall_at_k(_unit(3), _unit(3, 1), [0.0, 1.7, 2.2]),
+        TypeError,
+        r"text_to_image must hold integer image indices, got torch.float32",
+        id="recall-float-indices",
+    ),
+    pytest.param(
+        lambda e: features.recall_at_k(_unit(3), _unit(3, 1), torch.tensor([True, False, True])),
+        TypeError,
+        r"text_to_image must hold integer image indices, got torch.bool",
+        id="recall-bool-indices",
+    ),
+    pytest.param(
         lambda e: features.recall_at_k(_nan_rows(_unit(3), 1, math.nan), _unit(3, 1), [0, 1, 2]),
         ValueError,
         r"image_features row 1 holds NaN",
