@@ -3,6 +3,7 @@
 from typing import Iterator
 
 import pytest
+import torch
 from _http_server import FileServer
 
 # ----------------------------------------------------------------------------------------------
@@ -33,3 +34,18 @@ def _isolated_weight_sources(
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path_factory.mktemp("empty-hf-cache")))
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # the discard port: refused at once
     monkeypatch.delenv("CLIP_WEIGHTS_SOURCE", raising=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# One intra-op thread for modules of many small torch ops (results do not depend on it): on shared,
+# busy CPUs each small parallel op can stall for tens of milliseconds waiting for its second thread,
+# which made such tests many times slower. A module opts in with
+# ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``.
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)

@@ -52,7 +52,7 @@ context_length=10**12                ValueError quoting the value and the bound 
 
 import math
 import warnings
-from typing import Any, Callable, Dict, Iterator
+from typing import Any, Callable, Dict
 
 import numpy as np
 import pytest
@@ -72,13 +72,7 @@ EMBED_DIM = 32  # the tiny models' (tests/support/_checkpoints.py TINY_DIMS)
 N_CLASSES = len(CLASSES)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny models: one intra-op thread avoids stalls on a busy, shared CPU."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many small ops: see conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -201,13 +201,7 @@ def _isolated_cache(
     assert not default_cache.exists(), "something was written to the default cache"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Small models and images: one intra-op thread avoids stalls on a busy, shared CPU."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many small ops: see conftest.py
 
 
 # ----------------------------------------------------------------------------------------------

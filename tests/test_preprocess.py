@@ -46,17 +46,7 @@ HUGE = {"L-1x10000", "L-10000x1"}  # seconds each; checked once, through preproc
 PALETTE_WARNING = "ignore:Palette images with Transparency:UserWarning"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    """Run this module's small torch ops on one intra-op thread (results do not depend on it).
-
-    On shared, busy CPUs each small parallel op of `ToTensor`/`Normalize` can stall for tens of
-    milliseconds waiting for its second thread, which made these tests many times slower.
-    """
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many small ops: see conftest.py
 
 
 @pytest.fixture(scope="module")
