@@ -62,7 +62,6 @@ DEFAULT_PATH_COLUMN = "path"
 DEFAULT_CAPTION_COLUMN = "caption"
 SEARCH_CHUNK_ROWS = 65536  # rows of a memory-mapped shard scored at a time
 SNIFF_BYTES = 16
-HASH_CHUNK_BYTES = 1024 * 1024  # a checkpoint is hashed in chunks of this size, never read whole
 SHOWN_DIGEST = 12  # hex digits of a SHA256 shown in a message
 SHOWN_LINES = 5  # line numbers listed in a message about bad rows
 
@@ -227,12 +226,13 @@ def model_sha256(model: str) -> Optional[str]:
 
     A file is read once, in chunks (0.7 s per GB on an AMD EPYC core with SHA extensions), never whole.
     """
-    from .._weights.download import _expected_sha256
+    from .._weights.download import hash_into
     from .._weights.formats import DIRECTORY_WEIGHT_FILES
-    from ..clip import _MODELS
+    from .._weights.registry import released
 
-    if _released(model):
-        return _expected_sha256(_MODELS[model])
+    entry = released(model)
+    if entry is not None:
+        return entry.sha256
     directory = os.path.isdir(model)
     if directory:
         files = [os.path.join(model, name) for name in DIRECTORY_WEIGHT_FILES]
@@ -247,8 +247,7 @@ def model_sha256(model: str) -> Optional[str]:
             if directory:  # which file holds which bytes counts too
                 hasher.update(os.path.basename(name).encode() + b"\0")
             with open(name, "rb") as handle:
-                for chunk in iter(lambda: handle.read(HASH_CHUNK_BYTES), b""):
-                    hasher.update(chunk)
+                hash_into(hasher, handle)
     except OSError:
         return None  # unreadable: loading it says why
     return hasher.hexdigest()

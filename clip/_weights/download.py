@@ -49,6 +49,7 @@ __all__ = [
     "cached_file",
     "default_cache_dir",
     "download_verified",
+    "hash_into",
     "timeout_seconds",
     "verified_earlier",
 ]
@@ -289,6 +290,12 @@ def _is_trusted(target: str, expected: str) -> bool:
     return record.get("sha256") == expected and (record.get("size"), record.get("mtime_ns")) == _stat_key(st)
 
 
+def hash_into(hasher: "hashlib._Hash", handle: IO[bytes]) -> None:
+    """Feed the rest of the open binary file `handle` to `hasher`, in chunks: never read whole."""
+    for chunk in iter(lambda: handle.read(HASH_CHUNK_BYTES), b""):
+        hasher.update(chunk)
+
+
 def _verify_and_mark(target: str, expected: str, url: str) -> bool:
     """Hash `target` in chunks; if it matches, record that in the trust marker (best effort).
 
@@ -299,8 +306,7 @@ def _verify_and_mark(target: str, expected: str, url: str) -> bool:
         with open(target, "rb") as handle:
             st = os.fstat(handle.fileno())  # before hashing: any later change invalidates the marker
             hasher = hashlib.sha256()
-            for chunk in iter(lambda: handle.read(HASH_CHUNK_BYTES), b""):
-                hasher.update(chunk)
+            hash_into(hasher, handle)
     except OSError as exc:
         raise DownloadError(f"cannot read the cached file {target}: {exc}", url, target) from exc
     if hasher.hexdigest() != expected:
@@ -411,8 +417,7 @@ def _hash_partial(partial: str) -> Tuple[int, "hashlib._Hash"]:
     hasher = hashlib.sha256()
     try:
         with open(partial, "rb") as handle:
-            for chunk in iter(lambda: handle.read(HASH_CHUNK_BYTES), b""):
-                hasher.update(chunk)
+            hash_into(hasher, handle)
             return handle.tell(), hasher
     except FileNotFoundError:
         return 0, hasher
