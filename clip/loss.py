@@ -64,15 +64,17 @@ def contrastive_loss(logits_per_image: torch.Tensor, logits_per_text: torch.Tens
     return _contrastive_loss(logits_per_image, logits_per_text)
 
 
+def _require_floating(what: str, value: Any, prefix: str, meaning: str, advice: str, shape: str = "") -> None:
+    """A TypeError, worded `prefix` + `what` ..., unless `value` is a floating-point tensor."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{prefix}{what} must be a torch.Tensor{shape}, got {type(value).__name__}")
+    if not value.is_floating_point():
+        raise TypeError(f"{prefix}{what} must be floating point ({meaning}), got {value.dtype}{advice}")
+
+
 def _check_logits(logits_per_image: Any, logits_per_text: Any) -> None:
     for what, logits in (("logits_per_image", logits_per_image), ("logits_per_text", logits_per_text)):
-        if not isinstance(logits, torch.Tensor):
-            raise TypeError(f"{what} must be a torch.Tensor, got {type(logits).__name__}")
-        if not logits.is_floating_point():
-            raise TypeError(
-                f"{what} must be floating point (scaled similarities), got {logits.dtype}: "
-                "convert with .float()"
-            )
+        _require_floating(what, logits, "", "scaled similarities", ": convert with .float()")
     if logits_per_image.dim() != 2 or logits_per_image.shape[0] != logits_per_image.shape[1]:
         raise ValueError(
             "logits_per_image must be a square (N, N) matrix of matching pairs; got "
@@ -205,12 +207,7 @@ class ClipLoss(nn.Module):
 
 def _check_features(image_features: Any, text_features: Any) -> None:
     for what, features in (("image_features", image_features), ("text_features", text_features)):
-        if not isinstance(features, torch.Tensor):
-            raise TypeError(f"ClipLoss: {what} must be a torch.Tensor (N, D), got {type(features).__name__}")
-        if not features.is_floating_point():
-            raise TypeError(
-                f"ClipLoss: {what} must be floating point (unit-norm features), got {features.dtype}"
-            )
+        _require_floating(what, features, "ClipLoss: ", "unit-norm features", "", " (N, D)")
     if image_features.dim() != 2 or image_features.shape != text_features.shape:
         raise ValueError(
             "ClipLoss expects image and text features of the same shape (N, D); got "
