@@ -23,6 +23,15 @@ TEST_REQUIREMENTS = [
     "open_clip_torch",  # oracle of the differential tests
 ]
 
+# Optional parts: `import clip` never imports them; each feature names its extra when it is missing.
+EXTRAS = {
+    "onnx": ["onnx", "onnxscript", "onnxruntime"],  # clip export, clip.export.OnnxModel
+    "index": ["faiss-cpu"],  # clip index: approximate nearest-neighbour search over a collection
+    "serve": ["fastapi", "uvicorn", "python-multipart"],  # clip serve
+}
+TEST_REQUIREMENTS += [requirement for extra in EXTRAS.values() for requirement in extra]
+TEST_REQUIREMENTS += ["httpx"]  # the HTTP client of the server's tests
+
 
 def read_long_description() -> str:
     """The README for PyPI, where links into the repository (docs/...) would not resolve: such
@@ -51,9 +60,11 @@ setup(
         "Operating System :: OS Independent",
     ],
     packages=find_packages(include=["clip", "clip.*"]),
-    package_data={"clip": ["bpe_simple_vocab_16e6.txt.gz", "CLIP.png", "prompts/*.json"]},
+    package_data={
+        "clip": ["bpe_simple_vocab_16e6.txt.gz", "CLIP.png", "prompts/*.json", "_serve/static/*"]
+    },
     include_package_data=True,
     install_requires=read_requirements(),
-    extras_require={"test": TEST_REQUIREMENTS, "dev": ["ruff", *TEST_REQUIREMENTS]},
+    extras_require={**EXTRAS, "test": TEST_REQUIREMENTS, "dev": ["ruff", *TEST_REQUIREMENTS]},
     entry_points={"console_scripts": ["clip=clip.__main__:main"]},
 )
