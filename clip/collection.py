@@ -1,0 +1,176 @@
+"""Embedded collections: open what ``clip embed`` wrote (or :func:`from_arrays`), search it, index it.
+
+>>> import clip.collection
+>>> photos = clip.collection.open("photos.clip")
+>>> len(photos), photos.dim, photos.model
+(120000, 512, 'ViT-B/32')
+>>> scores, rows = photos.search(text_features, k=5)        # [Q, 512] -> [Q, 5], [Q, 5]
+>>> photos.paths(rows[0])
+['/data/photos/beach/0412.jpg', ...]
+
+A collection is a folder: the L2-normalised features in ``.npy`` shards, ``manifest.json``, and the
+per-item table in ``metadata.sqlite`` (format 3; formats 1 and 2, which listed the items in
+``manifest.json``, are still read). :func:`build_index` adds a faiss index that :meth:`Collection.search`
+then uses; see docs/collections.md. Importing this module does not import faiss.
+"""
+
+import os
+from pathlib import Path
+from typing import Any, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from ._collection.layout import CollectionError
+from ._collection.reading import Stored, exact_search
+
+__all__ = ["open", "Collection", "CollectionError"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+Rows = Union[int, Sequence[int], np.ndarray]
+
+
+class Collection:
+    """An embedded collection opened for reading; made by :func:`open`.
+
+    ``len(collection)`` is the number of embedded items (rows); row ``i`` is the ``i``-th item in the
+    order of the shards. It can be used as a context manager (closing the item table at the end).
+    """
+
+    def __init__(self, stored: Stored) -> None:
+        self._stored = stored
+
+    def __len__(self) -> int:
+        return self._stored.rows
+
+    def __repr__(self) -> str:
+        shape = f"{len(self)} x {self.dim}"
+        return f"<clip.collection.Collection {str(self.path)!r}: {shape}, model {self.model!r}>"
+
+    def __enter__(self) -> "Collection":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def path(self) -> Path:
+        """The collection's folder."""
+        return self._stored.folder
+
+    @property
+    def dim(self) -> int:
+        """The width of the features (512 for ViT-B/32); 0 for a collection with no rows."""
+        return self._stored.dim
+
+    @property
+    def model(self) -> Optional[str]:
+        """The model the features were computed with, as recorded: a released name or an absolute
+        checkpoint path (None for :func:`from_arrays` without a model)."""
+        return self._stored.manifest.get("model")
+
+    @property
+    def model_sha256(self) -> Optional[str]:
+        """The SHA256 of that model's weights, when recorded (format 2 and later)."""
+        return self._stored.manifest.get("model_sha256")
+
+    @property
+    def format(self) -> int:
+        """The format version of the folder (1, 2 or 3)."""
+        return self._stored.format
+
+    @property
+    def has_captions(self) -> bool:
+        """Whether items carry captions (and the shards the captions' text features)."""
+        return bool(self._stored.manifest.get("captions"))
+
+    def search(
+        self, queries: np.ndarray, k: int = 10, *, exact: bool = False
+    ) -> Tuple[np.ndarray, np.ndarray]:
+        """The `k` rows most similar to each query, best first: ``(scores [Q, k], rows [Q, k])``.
+
+        `queries` is ``[Q, D]`` (a single ``[D]`` vector is taken as ``[1, D]``) of features from the
+        collection's model, e.g. ``model.encode_text(...)`` as a NumPy array; each is L2-normalised
+        here, so scores are cosine similarities (float32) and rows int64 row numbers (see
+        :meth:`paths`). Ties are broken by the lower row.
+
+        `k` must be at least 1; a `k` above ``len(self)`` is clamped to ``len(self)`` (the result
+        then has ``len(self)`` columns). With ``exact=True`` every row is scored; otherwise the faiss
+        index is used when the folder has one (see :func:`build_index`) and the scan when it has not.
+
+        Raises ValueError for queries of another width, NaN/inf or all-zero rows, a bad `k`, and
+        CollectionError for a collection with no rows or damaged shards.
+        """
+        prepared = self._queries(queries)
+        k = self._k(k)
+        return exact_search(self._stored, prepared, k)
+
+    def paths(self, rows: Rows) -> Any:
+        """The item path of each row: a str for one row number, a list for a 1-D sequence, a list of
+        lists for ``[Q, k]`` (as :meth:`search` returns). Paths are as recorded: absolute (format 2
+        and later), as spelled on the command line (format 1), ``TAR/MEMBER`` for a sample of a
+        webdataset ``.tar``. Raises IndexError for a row outside ``0 .. len(self) - 1``."""
+        return self._column("path", rows)
+
+    def captions(self, rows: Rows) -> Any:
+        """The caption of each row, shaped as in :meth:`paths`; None where items have no caption."""
+        return self._column("caption", rows)
+
+    def close(self) -> None:
+        """Close the item table and drop the memory maps (the object is not usable afterwards)."""
+        self._stored.close()
+
+    def _column(self, name: str, rows: Rows) -> Any:
+        array = np.asarray(rows)
+        if array.dtype.kind not in "iu" and array.size:
+            raise TypeError(f"rows must be integer row numbers, got {array.dtype}")
+        if array.ndim == 0:
+            return self._stored.items.column(name, [int(array)])[0]
+        if array.ndim > 2:
+            raise ValueError(f"rows must be one row number, a 1-D or a 2-D array; got shape {array.shape}")
+        values = self._stored.items.column(name, [int(row) for row in array.reshape(-1)])
+        if array.ndim == 1:
+            return values
+        width = array.shape[1]
+        return [values[start : start + width] for start in range(0, len(values), width)]
+
+    def _queries(self, queries: np.ndarray) -> np.ndarray:
+        array = np.asarray(queries)
+        if array.dtype.kind not in "fiu":
+            raise ValueError(f"queries must be a float array [Q, D], got dtype {array.dtype}")
+        array = array.astype(np.float32)
+        if array.ndim == 1:
+            array = array[None]
+        if array.ndim != 2 or array.shape[0] == 0:
+            raise ValueError(f"queries must be [Q, D] with Q >= 1, got shape {tuple(np.shape(queries))}")
+        if len(self) == 0:
+            raise CollectionError(f"{self.path}: the collection is empty (no item was embedded)")
+        if array.shape[1] != self.dim:
+            raise ValueError(
+                f"queries are {array.shape[1]}-dimensional, the collection holds {self.dim}-dimensional "
+                f"features of {self.model!r}: encode the queries with that model"
+            )
+        if not np.isfinite(array).all():
+            bad = int(np.nonzero(~np.isfinite(array).all(axis=1))[0][0])
+            raise ValueError(f"query {bad} holds NaN or infinite values")
+        norms = np.linalg.norm(array, axis=1, keepdims=True)
+        if not (norms > 0).all():
+            bad = int(np.nonzero(norms[:, 0] == 0)[0][0])
+            raise ValueError(f"query {bad} is all zeros: it has no direction to compare")
+        return array / norms
+
+    def _k(self, k: int) -> int:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"k must be an int, got {type(k).__name__}")
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        return min(int(k), len(self))
+
+
+def open(path: PathLike) -> Collection:  # noqa: A001 (clip.collection.open, as io.open / gzip.open)
+    """Open the collection in the folder `path` (the OUT of ``clip embed``, or :func:`from_arrays`).
+
+    Reads ``manifest.json`` only: the shards are memory-mapped and the item table opened when first
+    used, so opening takes milliseconds at any size. Raises CollectionError when `path` is not a
+    finished collection of a format this clip reads, saying what to do.
+    """
+    return Collection(Stored(Path(os.fspath(path))))
