@@ -21,7 +21,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
-from . import _incidental_names
+from . import _incidental_names, _text_trim
 from ._bf16 import bf16_compute
 
 HEAD_WIDTH = 64  # every attention layer of the release uses 64-dim heads
@@ -375,7 +375,14 @@ def _tracing() -> bool:
 
 
 class CLIP(nn.Module):
-    """The two towers and the learned temperature."""
+    """The two towers and the learned temperature.
+
+    `trim_text_padding` (default True; set it on a model, or on `CLIP` for every model) lets
+    `encode_text` skip the positions after the batch's last end-of-text token, which cannot change
+    any output; see `encode_text` for when it applies. False computes all `context_length` positions.
+    """
+
+    trim_text_padding: bool = True
 
     def __init__(
         self,
@@ -568,6 +575,14 @@ class CLIP(nn.Module):
         checked without waiting for the GPU (`torch._assert_async`): a bad id fails as a device-side
         assertion, reported by CUDA at a later call, as an out-of-range index fails in torch's own
         embedding kernels; on other devices the ids are not checked here.
+
+        Only the positions up to the batch's last end-of-text token are computed (the features are
+        the same to float rounding: the tower is causal and reads each text at its end-of-text
+        token) when all of these hold: `trim_text_padding` is True, the ids are on the CPU, nothing
+        traces, scripts, compiles or exports the call, no forward or backward hook is registered on
+        the text tower (`token_embedding`, `transformer` and below, `ln_final`) or globally, and
+        every block's `attn_mask` is the causal mask (or hides at least as much). Otherwise every
+        position is computed, as in the release.
         """
         if not isinstance(text, torch.Tensor):
             raise TypeError(
@@ -588,17 +603,37 @@ class CLIP(nn.Module):
             )
         if not _tracing() and text.numel():
             self._check_token_range(text)
+        eot = text.argmax(dim=-1)  # (N,) the end-of-text token, the largest id in each sequence
+        if self._may_trim_text(text):
+            text = text[:, : int(eot.max()) + 1]  # later positions change no output: not computed
         with bf16_compute(text.device, self.dtype):  # fp32 products where the CPU has no bf16 units
             seq = text.shape[1]
             x = self.token_embedding(text).type(self.dtype)  # (N, L, D)
             x = x + self.positional_embedding[:seq].type(self.dtype)
             x = self.transformer(x.permute(1, 0, 2)).permute(1, 0, 2)  # through (L, N, D) and back
             x = self.ln_final(x).type(self.dtype)
-            # features at the end-of-text token, the largest id in each sequence; the row index is made
-            # on x's device, so that indexing a GPU tensor copies nothing from the host
+            # features at the end-of-text token; the row index is made on x's device, so that indexing
+            # a GPU tensor copies nothing from the host
             rows = torch.arange(x.shape[0], device=x.device)
-            x = x[rows, text.argmax(dim=-1)] @ self.text_projection  # (N, embed_dim)
+            x = x[rows, eot] @ self.text_projection  # (N, embed_dim)
         return x
+
+    def _may_trim_text(self, text: torch.Tensor) -> bool:
+        """Whether encode_text may leave out the positions after the last end-of-text token."""
+        if _text_trim.graph_capture():  # first: under tracing, sizes are traced values
+            return False
+        if not self.trim_text_padding or text.device.type != "cpu" or text.numel() == 0:
+            return False
+        transformer = self.transformer
+        if not isinstance(transformer, Transformer):
+            return False
+        for block in transformer.resblocks:
+            mask = getattr(block, "attn_mask", None)
+            if not isinstance(block, ResidualAttentionBlock) or not _text_trim.blocks_later_positions(mask):
+                return False
+            if min(mask.shape) < text.shape[1]:  # the release's path would fail: let it
+                return False
+        return not _text_trim.hooked((self.token_embedding, transformer, self.ln_final))
 
     def _check_token_range(self, text: torch.Tensor) -> None:
         """Ids in [0, vocab_size): a clear error on the CPU, a non-blocking assertion on CUDA."""
