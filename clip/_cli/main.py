@@ -30,6 +30,7 @@ SUBCOMMANDS: Dict[str, Subcommand] = {
     "search": Subcommand("clip._cli.search", "search an embedded collection by text or image"),
     "convert": Subcommand("clip._cli.convert", "write weights as .safetensors or a transformers folder"),
     "train": Subcommand("clip._cli.train", "fine-tune (or train) on a CSV of image-caption pairs"),
+    "export": Subcommand("clip._cli.export", "write the image and text encoders as checked ONNX graphs"),
     "serve": Subcommand("clip._cli.serve", "serve classify, embed and search over HTTP, with a search page"),
 }
 
