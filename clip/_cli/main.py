@@ -32,6 +32,8 @@ SUBCOMMANDS: Dict[str, Subcommand] = {
     "train": Subcommand("clip._cli.train", "fine-tune (or train) on a CSV of image-caption pairs"),
     "export": Subcommand("clip._cli.export", "write the image and text encoders as checked ONNX graphs"),
     "serve": Subcommand("clip._cli.serve", "serve classify, embed and search over HTTP, with a search page"),
+    "explain": Subcommand("clip._cli.explain", "draw where the model looks for each label (heatmaps)"),
+    "score": Subcommand("clip._cli.score", "CLIPScore of image-caption pairs (RefCLIPScore with references)"),
 }
 
 
