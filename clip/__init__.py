@@ -10,7 +10,7 @@ from ._versions import check_installed
 
 check_installed()  # one clear ImportError on a too-old torch, before anything fails deep inside
 
-from . import features, loss, model, zeroshot  # noqa: E402
+from . import explain, features, loss, model, score, zeroshot  # noqa: E402
 from ._preprocess import preprocess_batch  # noqa: E402
 from ._quantize import quantize  # noqa: E402
 from .clip import available_models, load, tokenize  # noqa: E402
@@ -25,5 +25,7 @@ __all__ = [
     "features",
     "loss",
     "quantize",
+    "explain",
+    "score",
 ]
 __version__ = "1.0.0"
