@@ -108,7 +108,7 @@ def run(
                     no_progress=True,
                 )
                 group = _cli_embed._Group(0, 1, 0)
-                _cli_embed._embed(args, model, preprocess, items, False, out, 1, group)
+                _cli_embed._embed(args, model, preprocess, items, False, out, [(0, count)], group)
 
             ways: Dict[str, Callable[[], None]] = {"loop": loop, "encode": encode, "embed": embed}
             for repeat in range(repeats + 1):  # pass 0 warms up

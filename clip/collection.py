@@ -16,14 +16,14 @@ then uses; see docs/collections.md. Importing this module does not import faiss.
 
 import os
 from pathlib import Path
-from typing import Any, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from ._collection.layout import CollectionError
 from ._collection.reading import Stored, exact_search
 
-__all__ = ["open", "Collection", "CollectionError"]
+__all__ = ["open", "Collection", "CollectionError", "from_arrays", "build_index", "near_duplicates"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 Rows = Union[int, Sequence[int], np.ndarray]
@@ -37,7 +37,10 @@ class Collection:
     """
 
     def __init__(self, stored: Stored) -> None:
+        from ._collection.index import open_index
+
         self._stored = stored
+        self._index = open_index(stored)
 
     def __len__(self) -> int:
         return self._stored.rows
@@ -83,6 +86,22 @@ class Collection:
         """Whether items carry captions (and the shards the captions' text features)."""
         return bool(self._stored.manifest.get("captions"))
 
+    @property
+    def index_info(self) -> Optional[Dict[str, Any]]:
+        """The record of the folder's faiss index (kind, search parameters, the recall@10 it was
+        tuned to, what it was built from), or None when it has none. See :func:`build_index`."""
+        return None if self._index is None else dict(self._index.info)
+
+    def check_index(self, exact: bool = False) -> None:
+        """Raise CollectionError when :meth:`search` would use an index that is stale (the shards
+        changed, or it was built with another model since); ImportError when faiss is missing.
+        Nothing to check with ``exact=True`` or without an index."""
+        if self._index is not None and not exact:
+            from ._collection.index import import_faiss
+
+            import_faiss()
+            self._index.check()
+
     def search(
         self, queries: np.ndarray, k: int = 10, *, exact: bool = False
     ) -> Tuple[np.ndarray, np.ndarray]:
@@ -96,13 +115,33 @@ class Collection:
         `k` must be at least 1; a `k` above ``len(self)`` is clamped to ``len(self)`` (the result
         then has ``len(self)`` columns). With ``exact=True`` every row is scored; otherwise the faiss
         index is used when the folder has one (see :func:`build_index`) and the scan when it has not.
+        Through the index, candidates are re-scored from the stored rows, so a score is the same
+        either way; the index may miss a row (its recall@10 is in :attr:`index_info`).
 
-        Raises ValueError for queries of another width, NaN/inf or all-zero rows, a bad `k`, and
-        CollectionError for a collection with no rows or damaged shards.
+        Raises ValueError for queries of another width, NaN/inf or all-zero rows, a bad `k`;
+        CollectionError for a collection with no rows, damaged shards, or a stale index (the shards
+        changed since it was built: rebuild it, or pass ``exact=True``); ImportError when the folder
+        has an index and faiss is not installed (``pip install "clip-faithful[index]"``).
         """
         prepared = self._queries(queries)
         k = self._k(k)
+        if self._index is not None and not exact:
+            self.check_index()
+            return self._index.search(prepared, k)
         return exact_search(self._stored, prepared, k)
+
+    def features(self, rows: Rows) -> np.ndarray:
+        """The stored image features of `rows` (row numbers, any order, repeats allowed) as float32
+        ``[len(rows), D]`` (``[D]`` for one row number): unit length, as searched."""
+        array = np.asarray(rows)
+        if array.dtype.kind not in "iu":
+            raise TypeError(f"rows must be integer row numbers, got {array.dtype}")
+        flat = array.reshape(-1).astype(np.int64)
+        if flat.size and (flat.min() < 0 or flat.max() >= len(self)):
+            bad = int(flat[(flat < 0) | (flat >= len(self))][0])
+            raise IndexError(f"row {bad} is out of range: the collection has rows 0 to {len(self) - 1}")
+        out = self._stored.gather(flat)
+        return out[0] if array.ndim == 0 else out
 
     def paths(self, rows: Rows) -> Any:
         """The item path of each row: a str for one row number, a list for a 1-D sequence, a list of
@@ -164,6 +203,105 @@ class Collection:
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         return min(int(k), len(self))
+
+
+def from_arrays(
+    path: PathLike,
+    features: Union[np.ndarray, Sequence[np.ndarray]],
+    paths: Sequence[str],
+    *,
+    captions: Optional[Sequence[Optional[str]]] = None,
+    model: Optional[str] = None,
+    dtype: str = "float16",
+    shard_size: int = 8192,
+    progress: bool = True,
+) -> Collection:
+    """Write a collection at `path` (a new folder) from vectors computed elsewhere, and open it.
+
+    `features`: ``[N, D]`` (any float dtype; a memory-mapped ``np.load(..., mmap_mode="r")`` is read
+    a shard at a time), or a list of such arrays taken in order, e.g. clip-retrieval's
+    ``img_emb/img_emb_0.npy, ...``. Rows are L2-normalised on the way in, with a warning when they
+    were not already unit length. `paths` (and `captions`, optional): one per row. `model`: the
+    released name or checkpoint the features come from (recorded with its SHA256, so that
+    ``clip search`` encodes queries with it); None records none. Stored as `dtype` (float16 or
+    float32), `shard_size` rows per ``.npy`` shard.
+
+    Raises ValueError for mismatched counts, a NaN/inf or all-zero row (named), an unknown model;
+    CollectionError when `path` exists. The folder is built beside `path` and renamed into place:
+    nothing is left half-written.
+    """
+    from . import __version__
+    from ._collection.runs import write_arrays
+
+    target = Path(os.fspath(path))
+    write_arrays(target, features, paths, captions, model, __version__, dtype, shard_size, progress)
+    return open(target)
+
+
+def build_index(
+    path: PathLike,
+    *,
+    kind: str = "auto",
+    max_memory: Union[int, str, None] = None,
+    target_recall: float = 0.95,
+    progress: bool = True,
+    seed: int = 0,
+) -> Dict[str, Any]:
+    """Build the faiss index of the collection at `path`, tuned so that recall@10 against exact
+    search reaches `target_recall`; return its record (also in ``index.json``).
+
+    `kind`: ``"auto"`` (exact ``flat`` below 100,000 rows, else ``ivf``; ``ivfpq`` when the float16
+    rows do not fit `max_memory`), ``"flat"``, ``"ivf"``, ``"hnsw"`` or ``"ivfpq"``. `max_memory`:
+    bytes or a size like ``"4G"`` the index may hold (None: no limit). Held-out rows are searched
+    exactly and through the index, as text-like queries (the captions' features, or image rows moved
+    off the image cone) and as image queries; the smallest ``nprobe`` / ``efSearch`` reaching the
+    target on both is kept, and the measured recalls are in the record's ``recall_at_10``.
+
+    The record lists the shards (sizes, times, SHA256) and the model's SHA256: a collection that
+    changes afterwards is refused by :meth:`Collection.search` until the index is rebuilt. A format
+    1 or 2 collection is upgraded to format 3 first (its items moved into ``metadata.sqlite``).
+    Needs faiss (``pip install "clip-faithful[index]"``); uses faiss's GPUs when it has any.
+    """
+    from ._collection.index import build, import_faiss
+    from ._collection.runs import upgrade
+
+    import_faiss()
+    folder = Path(os.fspath(path))
+    upgrade(folder)
+    stored = Stored(folder)
+    try:
+        return build(stored, kind, max_memory, target_recall, progress, seed)
+    finally:
+        stored.close()
+
+
+def near_duplicates(
+    collection: Union[PathLike, Collection],
+    threshold: float = 0.95,
+    *,
+    exact: bool = False,
+    neighbours: int = 16,
+    progress: bool = True,
+) -> List[List[int]]:
+    """Groups of near-identical items: rows whose cosine similarity is at least `threshold`, joined
+    transitively (connected components), each group sorted, groups ordered by their first row.
+
+    With an index (and not `exact`), each row's `neighbours` nearest rows through the index are
+    compared (a group larger than that is still found whole when its members link up); otherwise
+    every pair is compared, in blocks (quadratic: meant for collections without an index, up to
+    ~100,000 rows). Keep the first row of each group to deduplicate.
+    """
+    from ._collection.dedup import groups
+
+    found = collection if isinstance(collection, Collection) else open(collection)
+    if not -1.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold is a cosine similarity in [-1, 1], got {threshold}")
+    if isinstance(neighbours, bool) or not isinstance(neighbours, int) or neighbours < 1:
+        raise ValueError(f"neighbours must be a positive int, got {neighbours!r}")
+    index = None if exact else found._index
+    if index is not None:
+        found.check_index()
+    return groups(found._stored, index, threshold, neighbours, progress)
 
 
 def open(path: PathLike) -> Collection:  # noqa: A001 (clip.collection.open, as io.open / gzip.open)

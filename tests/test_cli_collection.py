@@ -4,7 +4,6 @@ Expected values are computed independently here: features with `encode_image` on
 each image one at a time, rankings by brute force.
 """
 
-import json
 import os
 from pathlib import Path
 from typing import Dict, List, Tuple
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from _checkpoints import release_archive
+from _fake_collections import manifest_with_items
 from PIL import Image
 
 import clip
@@ -82,7 +82,7 @@ def _embed(src: Path, out: Path, model_path: str, capsys, *extra: str) -> Tuple[
 
 
 def _stored(out: Path, kind: str = "images") -> Tuple[List[Dict], np.ndarray]:
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = manifest_with_items(out)
     features = np.concatenate([np.load(out / shard[kind]) for shard in manifest["shards"]])
     return manifest, features
 

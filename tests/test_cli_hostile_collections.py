@@ -11,6 +11,7 @@ that only worked from one folder, files written 0600.
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ import pytest
 import torch
 from _checkpoints import release_archive
 from _cli_battery import Ran, assert_one_line_error, clip_environment, run_clip, snapshot
+from _fake_collections import manifest_with_items
 from _images import bomb_png
 from PIL import Image
 
@@ -82,6 +84,8 @@ def work(base: Path, tmp_path: Path) -> Path:
         record = json.loads((work / "photos.clip" / name).read_text().replace(str(base), str(work)))
         record["items_sha256"] = _collection.items_digest(items)
         (work / "photos.clip" / name).write_text(json.dumps(record))
+    with sqlite3.connect(work / "photos.clip" / "metadata.sqlite") as db:  # the item table's paths too
+        db.execute("UPDATE items SET path = replace(path, ?, ?)", (str(base), str(work)))
     return work
 
 
@@ -112,9 +116,7 @@ def test_resume_accepts_the_same_files_spelled_otherwise(work: Path) -> None:
     shutil.copy(work / "model.pt", work / "copy.pt")
     ran = _embed("./photos/", "photos.clip", "copy.pt", work)
     assert ran.code == 0 and "resuming" in ran.err, ran.err
-    assert json.loads((out / "manifest.json").read_text())["items"][0]["path"] == str(
-        work / "photos" / "im0.png"
-    )
+    assert manifest_with_items(out)["items"][0]["path"] == str(work / "photos" / "im0.png")
 
 
 def _legacy_run(out: Path, model: str, src: str) -> None:
@@ -189,7 +191,7 @@ def test_a_quoted_comma_keeps_the_whole_caption(work: Path) -> None:
     (work / "pairs.csv").write_text('path,caption\nphotos/im0.png,"a dog, running on the beach"\n')
     ran = _embed("pairs.csv", "pairs.clip", "model.pt", work)
     assert ran.code == 0, ran.err
-    items = json.loads((work / "pairs.clip" / "manifest.json").read_text())["items"]
+    items = manifest_with_items(work / "pairs.clip")["items"]
     assert [item["caption"] for item in items] == ["a dog, running on the beach"]
 
 
@@ -237,7 +239,7 @@ def test_names_that_are_not_utf8(work: Path) -> None:
     assert ran.code == 0 and "1 could not be read" in ran.out, ran.err
     errors = (work / "odd.clip" / "errors.tsv").read_bytes().splitlines()
     assert len(errors) == 2 and errors[1].startswith(broken + b"\t")
-    items = json.loads((work / "odd.clip" / "manifest.json").read_text())["items"]
+    items = manifest_with_items(work / "odd.clip")["items"]
     assert [os.fsencode(item["path"]) for item in items] == [good]
     found = _run_bytes(["search", "odd.clip", "a photo"], work)
     assert found.returncode == 0, found.stderr
@@ -291,7 +293,7 @@ def test_search_with_another_model_is_refused(work: Path) -> None:
 
 def test_search_of_an_old_manifest_with_another_model_warns(work: Path) -> None:
     manifest_path = work / "photos.clip" / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
+    manifest = manifest_with_items(work / "photos.clip")  # as format 1 held it: items in the JSON
     manifest.pop("model_sha256", None)
     manifest_path.write_text(json.dumps({**manifest, "format": 1}))
     ran = run_clip(["search", "photos.clip", "a photo", "--model", "other.pt"], work)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from _checkpoints import release_archive
+from _fake_collections import manifest_with_items
 from PIL import Image
 
 from clip.__main__ import main
@@ -42,7 +43,7 @@ def _torchrun(launcher: list, src: Path, out: Path) -> None:
 
 
 def _stored(out: Path):
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = manifest_with_items(out)
     return manifest, np.concatenate([np.load(out / shard["images"]) for shard in manifest["shards"]])
 
 

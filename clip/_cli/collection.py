@@ -1,68 +1,68 @@
-"""Embedded collections on disk: what `clip embed` writes and `clip search` reads.
+"""The command line's side of collections: listing what `clip embed` embeds, checking and preparing
+its OUT folder, and wording the library's collection errors as the CLI's.
 
-An OUT folder holds
-
-* ``run.json``: what the run is (model, the SHA256 of its weights, clip version, storage dtype,
-  shard size, how many items and a digest of their list), written before the first shard; a rerun
-  must match it, and the model must match by content, not by name or path;
-* per shard ``i``: ``images-{i:05d}.npy`` (L2-normalised image features, ``[rows, D]``), with a
-  caption column also ``texts-{i:05d}.npy`` (the captions' features, the same rows), and last
-  ``shard-{i:05d}.json`` (which items are its rows and which failed, and why): a shard is done
-  when its ``.json`` exists;
-* ``manifest.json`` (one entry per embedded item: path, caption, shard, row; the model, its SHA256,
-  the clip version) and ``errors.tsv`` (path, reason), written once every shard is done.
-
-Item paths are absolute (format 2; format 1 stored them as spelled on the command line, relative to
-the working directory of the run). A file name that is not valid UTF-8 is held as Python holds it
-(undecodable bytes as surrogates): JSON-escaped in the ``.json`` files, its original bytes in
-``errors.tsv``; either reads back to the same name.
-
-Every file is written to a temporary file in OUT and renamed into place (with the mode the umask
-gives new files), so an interrupted run leaves whole files only, and a rerun redoes just the shards
-without their ``.json``.
+What a collection folder holds, and how it is written and read, is clip/_collection/ (see
+clip/_collection/layout.py); this module re-exports the pieces the commands use, so that the data
+flows down: command -> this module -> clip._collection.
 """
 
+import contextlib
 import csv
-import hashlib
-import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-import numpy as np
-
-from .._atomic import replacing
+from .._collection import layout
+from .._collection.layout import (
+    ERRORS_FILE,
+    LEGACY_FORMAT,
+    MANIFEST_FILE,
+    RUN_FILE,
+    TEMP_PREFIX,
+    shard_name,
+    short_digest,
+    write_json,
+)
+from .._collection.runs import (
+    RUN_SETTINGS,
+    Item,
+    RunInfo,
+    items_digest,
+    model_name,
+    model_sha256,
+    released,
+    shard_done,
+    write_manifest,
+    write_shard,
+)
 from .common import UsageError, shorten
 
 __all__ = [
     "CollectionError",
+    "library_errors",
     "Item",
     "discover",
     "RunInfo",
+    "RUN_SETTINGS",
+    "items_digest",
     "model_name",
     "model_sha256",
     "short_digest",
     "check_out",
     "prepare_out",
     "shard_done",
+    "shard_name",
     "write_shard",
     "write_manifest",
-    "read_manifest",
-    "top_k",
+    "RUN_FILE",
+    "MANIFEST_FILE",
+    "ERRORS_FILE",
+    "TEMP_PREFIX",
 ]
 
-RUN_FILE = "run.json"
-MANIFEST_FILE = "manifest.json"
-ERRORS_FILE = "errors.tsv"
-TEMP_PREFIX = ".tmp-"
-FORMAT_VERSION = 2  # 2: absolute item paths and the model's SHA256; 1 is still read
-LEGACY_FORMAT = 1
 DEFAULT_PATH_COLUMN = "path"
 DEFAULT_CAPTION_COLUMN = "caption"
-SEARCH_CHUNK_ROWS = 65536  # rows of a memory-mapped shard scored at a time
 SNIFF_BYTES = 16
-SHOWN_DIGEST = 12  # hex digits of a SHA256 shown in a message
 SHOWN_LINES = 5  # line numbers listed in a message about bad rows
 
 # Leading bytes of the image formats Pillow reads that cameras, phones and the web produce.
@@ -85,12 +85,13 @@ class CollectionError(UsageError):
     """Bad input for a collection command, with what to do about it (exit status 2)."""
 
 
-@dataclass(frozen=True)
-class Item:
-    """One thing to embed: an image path, and a caption when the source has a caption column."""
-
-    path: str
-    caption: Optional[str] = None
+@contextlib.contextmanager
+def library_errors() -> Iterator[None]:
+    """The library's collection errors (``clip.collection.CollectionError``) as this CollectionError."""
+    try:
+        yield
+    except layout.CollectionError as exc:
+        raise CollectionError(str(exc)) from exc
 
 
 def _looks_like_image(path: Path) -> bool:
@@ -200,89 +201,6 @@ def _refuse_ragged_rows(table: Path, columns: List[str], rows: List[Tuple[int, D
     )
 
 
-def items_digest(items: Sequence[Item]) -> str:
-    h = hashlib.sha256()
-    for item in items:
-        h.update(json.dumps([item.path, item.caption]).encode())
-    return h.hexdigest()
-
-
-def _released(model: str) -> bool:
-    from ..clip import _MODELS
-
-    return model in _MODELS
-
-
-def model_name(model: str) -> str:
-    """`model` as a collection records it: a released name as is, a path made absolute (so that
-    `clip search` finds it from any folder)."""
-    return model if _released(model) else os.path.abspath(model)
-
-
-def model_sha256(model: str) -> Optional[str]:
-    """What identifies `model` by content: a released name's release SHA256 (part of its URL), a
-    checkpoint file's SHA256, or for a model directory the SHA256 of its weight files; None when
-    `model` is none of these (loading it then fails and says why).
-
-    A file is read once, in chunks (0.7 s per GB on an AMD EPYC core with SHA extensions), never whole.
-    """
-    from .._weights.download import hash_into
-    from .._weights.formats import DIRECTORY_WEIGHT_FILES
-    from .._weights.registry import released
-
-    entry = released(model)
-    if entry is not None:
-        return entry.sha256
-    directory = os.path.isdir(model)
-    if directory:
-        files = [os.path.join(model, name) for name in DIRECTORY_WEIGHT_FILES]
-        files = [name for name in files if os.path.isfile(name)]
-    elif os.path.isfile(model):
-        files = [model]
-    else:
-        return None
-    hasher = hashlib.sha256()
-    try:
-        for name in files:
-            if directory:  # which file holds which bytes counts too
-                hasher.update(os.path.basename(name).encode() + b"\0")
-            with open(name, "rb") as handle:
-                hash_into(hasher, handle)
-    except OSError:
-        return None  # unreadable: loading it says why
-    return hasher.hexdigest()
-
-
-@dataclass(frozen=True)
-class RunInfo:
-    """What a run is; a rerun into the same OUT must be the same run."""
-
-    model: str
-    clip_version: str
-    dtype: str
-    shard_size: int
-    n_items: int
-    items_sha256: str
-    captions: bool
-    model_sha256: Optional[str] = None
-
-    def as_dict(self) -> Dict[str, Any]:
-        return {"format": FORMAT_VERSION, **self.__dict__}
-
-
-# What must be equal for a rerun to resume (the model is compared by content, apart).
-RUN_SETTINGS = ("clip_version", "dtype", "shard_size", "n_items", "items_sha256", "captions")
-
-
-def shard_name(kind: str, shard: int, suffix: str) -> str:
-    return f"{kind}-{shard:05d}{suffix}"
-
-
-def write_json(path: Path, value: Any) -> None:
-    with replacing(path, TEMP_PREFIX) as temp, open(temp, "w", encoding="utf-8") as handle:
-        json.dump(value, handle)
-
-
 def check_out(out: Path, run: RunInfo, legacy_items_sha256: Optional[Callable[[], str]] = None) -> bool:
     """Whether `out` already holds this run (resume), after checking that it may be written.
 
@@ -295,7 +213,7 @@ def check_out(out: Path, run: RunInfo, legacy_items_sha256: Optional[Callable[[]
         raise CollectionError(f"-o {out}: exists and is not a folder")
     existing = out / RUN_FILE
     if existing.is_file():
-        previous = _read_versioned(existing, "a run this clip can resume", "use another OUT folder")
+        previous = layout.read_versioned(existing, "a run this clip can resume", "use another OUT folder")
         _check_same_model(out, previous, run)
         expected = run.as_dict()
         if previous["format"] == LEGACY_FORMAT and legacy_items_sha256 is not None:
@@ -322,11 +240,6 @@ def check_out(out: Path, run: RunInfo, legacy_items_sha256: Optional[Callable[[]
     return False
 
 
-def short_digest(digest: str) -> str:
-    """A SHA256 as messages show it."""
-    return f"SHA256 {digest[:SHOWN_DIGEST]}..."
-
-
 def _check_same_model(out: Path, previous: Dict[str, Any], run: RunInfo) -> None:
     """Refuse to resume with weights other than those of the stored shards (compared by content: a
     checkpoint replaced at the same path counts as another model, the same file spelled otherwise
@@ -350,7 +263,7 @@ def _check_same_model(out: Path, previous: Dict[str, Any], run: RunInfo) -> None
         )
     if before != run.model and not (isinstance(before, str) and model_name(before) == run.model):
         raise CollectionError(f"-o {out} holds shards of model {before!r}, not {run.model!r}; {start_over}")
-    if not _released(run.model):  # a released name is its weights; a file may have been replaced
+    if not released(run.model):  # a released name is its weights; a file may have been replaced
         raise CollectionError(
             f"-o {out} was started by an older clip that did not record the SHA256 of {before}, so "
             f"whether that checkpoint is unchanged cannot be verified, and resuming could mix two "
@@ -385,129 +298,3 @@ def prepare_out(out: Path, run: RunInfo) -> None:
         write_json(out / RUN_FILE, run.as_dict())
 
 
-def shard_done(out: Path, shard: int) -> bool:
-    return (out / shard_name("shard", shard, ".json")).is_file()
-
-
-def write_shard(
-    out: Path,
-    shard: int,
-    rows: List[int],
-    image_features: np.ndarray,
-    text_features: Optional[np.ndarray],
-    errors: List[Tuple[int, str]],
-    rank: int = 0,
-) -> None:
-    """Write shard `shard`: its feature files, then its ``.json`` (rows = item indices, in order;
-    `rank`: the torch.distributed rank that computed it)."""
-    with (
-        replacing(out / shard_name("images", shard, ".npy"), TEMP_PREFIX) as temp,
-        open(temp, "wb") as handle,
-    ):
-        np.save(handle, image_features)
-    if text_features is not None:
-        with (
-            replacing(out / shard_name("texts", shard, ".npy"), TEMP_PREFIX) as temp,
-            open(temp, "wb") as handle,
-        ):
-            np.save(handle, text_features)
-    write_json(out / shard_name("shard", shard, ".json"), {"rows": rows, "errors": errors, "rank": rank})
-
-
-def write_manifest(out: Path, run: RunInfo, items: Sequence[Item], n_shards: int) -> Tuple[int, int]:
-    """Gather the shards' ``.json`` into ``manifest.json`` and ``errors.tsv``; (embedded, failed)."""
-    entries, failures, shards = [], [], []
-    for shard in range(n_shards):
-        record = json.loads((out / shard_name("shard", shard, ".json")).read_text(encoding="utf-8"))
-        for row, index in enumerate(record["rows"]):
-            entry = {"path": items[index].path, "shard": shard, "row": row}
-            if run.captions:
-                entry["caption"] = items[index].caption
-            entries.append(entry)
-        failures.extend((items[index].path, reason) for index, reason in record["errors"])
-        shards.append(
-            {
-                "images": shard_name("images", shard, ".npy"),
-                "texts": shard_name("texts", shard, ".npy") if run.captions else None,
-                "rows": len(record["rows"]),
-            }
-        )
-    # surrogateescape: a file name that is not valid UTF-8 is written as its own bytes
-    with (
-        replacing(out / ERRORS_FILE, TEMP_PREFIX) as temp,
-        open(temp, "w", encoding="utf-8", errors="surrogateescape", newline="") as handle,
-    ):
-        writer = csv.writer(handle, delimiter="\t", lineterminator="\n")
-        writer.writerow(["path", "reason"])
-        writer.writerows(failures)
-    write_json(out / MANIFEST_FILE, {**run.as_dict(), "shards": shards, "items": entries})
-    return len(entries), len(failures)
-
-
-def read_manifest(out: Path) -> Dict[str, Any]:
-    path = out / MANIFEST_FILE
-    if not path.is_file():
-        hint = (
-            " (the run is unfinished: rerun clip embed to complete it)" if (out / RUN_FILE).is_file() else ""
-        )
-        raise CollectionError(f"{out}: no {MANIFEST_FILE}{hint}; pass the OUT folder of a clip embed run")
-    return _read_versioned(path, "a manifest this clip reads", "embed the collection again with this one")
-
-
-def _read_versioned(path: Path, what: str, advice: str) -> Dict[str, Any]:
-    """The JSON object in `path` (run.json or manifest.json) of a format this clip reads, or a
-    CollectionError saying it is not `what`, and `advice`."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise CollectionError(f"{path} cannot be read ({exc}); {advice}") from exc
-    version = value.get("format") if isinstance(value, dict) else None
-    if version not in (LEGACY_FORMAT, FORMAT_VERSION):
-        raise CollectionError(f"{path}: not {what} (format {version!r}, made by another version?); {advice}")
-    return value
-
-
-def open_shard(out: Path, manifest: Dict[str, Any], shard: int, kind: str = "images") -> np.ndarray:
-    """Shard `shard`'s features of `kind`, memory-mapped (``[rows, D]``); a CollectionError naming the
-    file and how to redo it when the file is missing, cut short, or not the rows the manifest lists."""
-    name = manifest["shards"][shard][kind]
-    rows = manifest["shards"][shard]["rows"]
-    try:
-        features = np.load(out / name, mmap_mode="r")
-        problem = (
-            None if features.ndim == 2 and features.shape[0] == rows else f"{features.shape}, not {rows} rows"
-        )
-    except (OSError, ValueError, EOFError) as exc:
-        problem = str(exc)
-    if problem is None:
-        return features
-    raise CollectionError(
-        f"{out}: the collection is damaged: {name} cannot be read ({problem}). To redo that shard, delete "
-        f"{out / shard_name('shard', shard, '.json')} and rerun the clip embed command that made the "
-        "collection (the same SRC and options)"
-    )
-
-
-def top_k(
-    out: Path, manifest: Dict[str, Any], query: np.ndarray, k: int, kind: str = "images"
-) -> List[Tuple[float, int]]:
-    """The `k` best (cosine, item index) over the memory-mapped shards of `kind`, best first.
-
-    `query` is a unit-length float32 vector; the shards hold unit-length rows, so the dot product is
-    the cosine. Exact: every row is scored.
-    """
-    first_item = 0
-    best_scores = np.empty(0, dtype=np.float32)
-    best_items = np.empty(0, dtype=np.int64)
-    for shard in range(len(manifest["shards"])):
-        features = open_shard(out, manifest, shard, kind)  # [rows, D]
-        for start in range(0, features.shape[0], SEARCH_CHUNK_ROWS):
-            block = np.asarray(features[start : start + SEARCH_CHUNK_ROWS], dtype=np.float32) @ query
-            best_scores = np.concatenate([best_scores, block])
-            best_items = np.concatenate([best_items, np.arange(len(block)) + first_item + start])
-            if len(best_scores) > k:
-                keep = np.argpartition(-best_scores, k - 1)[:k]
-                best_scores, best_items = best_scores[keep], best_items[keep]
-        first_item += features.shape[0]
-    order = np.lexsort((best_items, -best_scores))  # by score, ties by position
-    return [(float(best_scores[i]), int(best_items[i])) for i in order]

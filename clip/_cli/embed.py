@@ -2,12 +2,14 @@
 
     clip embed photos/ -o photos.clip                      # a folder, recursively
     clip embed pairs.csv -o pairs.clip --caption-column text
+    clip embed "shards/{00000..00099}.tar" -o laion.clip     # webdataset shards, one shard per tar
     torchrun --nproc_per_node=4 -m clip embed photos/ -o photos.clip   # one process per GPU / CPU share
 
-See clip/_cli/collection.py for what OUT holds. Rerunning the same command resumes: only shards without
+See clip/_collection/layout.py for what OUT holds. Rerunning the same command resumes: only shards without
 their ``shard-NNNNN.json`` are computed. Under torchrun every rank lists SRC the same way and takes
 every WORLD_SIZE-th shard; rank 0 writes run.json first and the manifest last (OUT must be one folder
-that all ranks see, e.g. a shared filesystem across machines).
+that all ranks see, e.g. a shared filesystem across machines). With webdataset ``.tar`` shards, each
+tar is one shard: resuming and the split over ranks go by tar.
 """
 
 import argparse
@@ -28,7 +30,8 @@ EPILOG = """\
 OUT:
   images-NNNNN.npy   L2-normalised image features, one row per embedded item
   texts-NNNNN.npy    the captions' features, the same rows (with a caption column)
-  manifest.json      path, caption, shard and row of every item; model and clip version
+  manifest.json      the model, its SHA256, clip version, shards and their rows
+  metadata.sqlite    path, caption, shard and row of every item (and tar, key, .json for tars)
   errors.tsv         images that could not be read, and why (they are skipped)
   run.json, shard-NNNNN.json   what the run is and which shards are done (for resuming)
 
@@ -37,6 +40,8 @@ Rerun the same command after a crash or Ctrl-C to finish: completed shards are k
 examples:
   clip embed photos/ -o photos.clip                        every image under photos/, recursively
   clip embed pairs.csv -o pairs.clip --caption-column text --device cuda
+  clip embed "shards/{00000..00099}.tar" -o laion.clip    img2dataset's webdataset shards (KEY.jpg,
+                                                          KEY.txt caption, KEY.json), read in place
 
 several processes or machines (torch.distributed; gloo on CPUs, nccl on GPUs):
   torchrun --nproc_per_node=8 -m clip embed SRC -o OUT
@@ -50,13 +55,18 @@ def _parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="clip embed",
-        description="Embed every image of a folder (or of a CSV/TSV's path column, with its captions) "
-        "into L2-normalised CLIP features, written as .npy shards plus a manifest in OUT.",
+        description="Embed every image of a folder (or of a CSV/TSV's path column, with its captions, or "
+        "of webdataset .tar shards) into L2-normalised CLIP features, written as .npy shards plus a "
+        "manifest and an item table in OUT.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "src", metavar="SRC", help="a folder of images, or a .csv / .tsv file with a path column"
+        "src",
+        metavar="SRC",
+        nargs="+",
+        help="a folder of images, a .csv / .tsv file with a path column, or webdataset .tar shards "
+        '(several, or a brace pattern: "shards/{00000..00099}.tar")',
     )
     parser.add_argument("-o", "--out", required=True, metavar="OUT", help="output folder (created; resumed)")
     add_model_arguments(parser, DEFAULT_MODEL)
@@ -71,7 +81,9 @@ def _parser() -> argparse.ArgumentParser:
         f"(default: the CPUs available, at most {MAX_DEFAULT_WORKERS}; 0: in the main process)",
     )
     parser.add_argument("--dtype", choices=DTYPES, default="float16", help="dtype of the stored features")
-    parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="items per shard")
+    parser.add_argument(
+        "--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="items per shard (tars: one shard per tar)"
+    )
     parser.add_argument("--path-column", default="path", help="CSV/TSV column of image paths (default: path)")
     parser.add_argument(
         "--caption-column", default=None, help="CSV/TSV column of captions (default: 'caption' if present)"
@@ -101,8 +113,39 @@ def _positive(name: str, value: int) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from .collection import library_errors
+
+    with library_errors():
+        return _embed_run(args)
+
+
+def _sources(args: argparse.Namespace) -> Tuple[List[Any], bool, List[Tuple[int, int]], int]:
+    """The items to embed, whether they have captions, each shard's item range, and the shard size
+    recorded in run.json (0: one shard per tar)."""
+    from .._collection.tars import is_tar, list_tars
+    from .collection import CollectionError, discover
+
+    tars = [is_tar(src) for src in args.src]
+    if any(tars):
+        if not all(tars):
+            raise CollectionError("SRC mixes .tar shards and other sources; embed them into separate OUTs")
+        items, captions, bounds = list_tars(args.src)
+        if not items:
+            raise CollectionError(f"{args.src[0]}: the tars hold no samples")
+        return items, captions, bounds, 0
+    if len(args.src) > 1:
+        raise CollectionError(
+            f"{len(args.src)} SRC given; pass one folder or CSV/TSV file (several SRC are for .tar shards)"
+        )
+    items, captions = discover(args.src[0], args.path_column, args.caption_column)
+    size = args.shard_size
+    bounds = [(start, min(start + size, len(items))) for start in range(0, len(items), size)]
+    return items, captions, bounds, size
+
+
+def _embed_run(args: argparse.Namespace) -> int:
     from .. import __version__
-    from .collection import RunInfo, check_out, discover, items_digest, model_name, model_sha256, prepare_out
+    from .collection import RunInfo, check_out, items_digest, model_name, model_sha256, prepare_out
     from .common import load_model
 
     _positive("--batch-size", args.batch_size)
@@ -111,12 +154,12 @@ def _run(args: argparse.Namespace) -> int:
         from .collection import CollectionError
 
         raise CollectionError(f"--workers must be 0 or more, got {args.workers}")
-    items, captions = discover(args.src, args.path_column, args.caption_column)
+    items, captions, bounds, shard_size = _sources(args)
     run = RunInfo(
         model=model_name(args.model),
         clip_version=__version__,
         dtype=args.dtype,
-        shard_size=args.shard_size,
+        shard_size=shard_size,
         n_items=len(items),
         items_sha256=items_digest(items),
         captions=captions,
@@ -132,15 +175,15 @@ def _run(args: argparse.Namespace) -> int:
         if group.rank == 0:
             prepare_out(out, run)
         group.barrier()
-        n_shards = -(-len(items) // args.shard_size)
+        n_shards = len(bounds)
         if resume and group.rank == 0:
             print(f"clip embed: resuming in {out}", file=sys.stderr)
-        _embed(args, model, preprocess, items, captions, out, n_shards, group)
+        _embed(args, model, preprocess, items, captions, out, bounds, group)
         group.barrier()
         if group.rank == 0:
             from .collection import write_manifest
 
-            embedded, failed = write_manifest(out, run, items, n_shards)
+            embedded, failed = write_manifest(out, run, items, bounds)
             if not embedded:
                 raise CommandFailure(
                     f"no image could be read ({failed} tried), so nothing was embedded; "
@@ -157,7 +200,7 @@ def _as_spelled(args: argparse.Namespace) -> List[Any]:
     """The items with their paths as a format-1 run listed them: below SRC as spelled (not resolved)."""
     from .collection import discover
 
-    return discover(args.src, args.path_column, args.caption_column, absolute=False)[0]
+    return discover(args.src[0], args.path_column, args.caption_column, absolute=False)[0]
 
 
 class _Group:
@@ -202,19 +245,26 @@ class _Group:
 
 
 class _Images:
-    """Items -> (index, preprocessed image or None, reason it failed or None); runs in the workers."""
+    """Items -> (index, preprocessed image or None, reason it failed or None); runs in the workers.
+    A sample of a .tar is read by its offset in the tar; one found broken when listed fails as such."""
 
-    def __init__(self, paths: Sequence[str], preprocess: Callable[[Any], Any]) -> None:
-        self.paths, self.preprocess = list(paths), preprocess
+    def __init__(self, items: Sequence[Any], preprocess: Callable[[Any], Any]) -> None:
+        self.items, self.preprocess = list(items), preprocess
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.items)
 
     def __getitem__(self, index: int) -> Tuple[int, Any, Optional[str]]:
         from PIL import Image
 
+        from .._collection.tars import read_member
+
+        item = self.items[index]
+        if item.problem is not None:
+            return index, None, item.problem
         try:
-            with Image.open(self.paths[index]) as image:
+            source = read_member(item) if item.tar is not None else item.path
+            with Image.open(source) as image:
                 image.load()
                 return index, self.preprocess(image), None
         except Exception as exc:  # any broken file is reported, never fatal
@@ -248,7 +298,7 @@ def _embed(
     items: Sequence[Any],
     captions: bool,
     out: Path,
-    n_shards: int,
+    bounds: Sequence[Tuple[int, int]],
     group: _Group,
 ) -> None:
     import numpy as np
@@ -259,11 +309,17 @@ def _embed(
     from ..clip import tokenize
     from .collection import shard_done, write_shard
 
-    mine = [s for s in range(group.rank, n_shards, group.world) if not shard_done(out, s)]
+    mine = [s for s in range(group.rank, len(bounds), group.world) if not shard_done(out, s)]
     batches: List[List[int]] = []
     last_batch_of: Dict[int, int] = {}  # batch number -> the shard it completes
+    embed_dim = model.text_projection.shape[1]
+    dtype = np.dtype(args.dtype)
     for shard in mine:
-        indices = list(range(shard * args.shard_size, min((shard + 1) * args.shard_size, len(items))))
+        indices = list(range(*bounds[shard]))
+        if not indices:  # a tar without samples: an empty shard, done at once
+            empty = np.zeros((0, embed_dim), dtype=dtype)
+            write_shard(out, shard, [], empty, empty if captions else None, [], rank=group.rank)
+            continue
         for start in range(0, len(indices), args.batch_size):
             batches.append(indices[start : start + args.batch_size])
         last_batch_of[len(batches) - 1] = shard
@@ -272,14 +328,12 @@ def _embed(
     device = next(model.parameters()).device
     workers = _default_workers() if args.workers is None else args.workers
     loader = DataLoader(
-        _Images([item.path for item in items], preprocess),
+        _Images(items, preprocess),
         batch_sampler=batches,
         num_workers=workers,
         collate_fn=_collate,
         pin_memory=device.type == "cuda",
     )
-    embed_dim = model.text_projection.shape[1]
-    dtype = np.dtype(args.dtype)
     pending = sum(len(b) for b in batches)
     desc = "embedding" if group.world == 1 else f"embedding (rank {group.rank})"
     rows: List[int] = []

@@ -28,6 +28,8 @@ SUBCOMMANDS: Dict[str, Subcommand] = {
     "classify": Subcommand("clip._cli.classify", "zero-shot top-k classes (ImageNet, CIFAR, your own)"),
     "embed": Subcommand("clip._cli.embed", "embed a folder or CSV of images into .npy shards"),
     "search": Subcommand("clip._cli.search", "search an embedded collection by text or image"),
+    "index": Subcommand("clip._cli.index", "build a faiss index for an embedded collection (tuned recall)"),
+    "dedup": Subcommand("clip._cli.dedup", "list groups of near-identical items of an embedded collection"),
     "convert": Subcommand("clip._cli.convert", "write weights as .safetensors or a transformers folder"),
     "train": Subcommand("clip._cli.train", "fine-tune (or train) on a CSV of image-caption pairs"),
     "export": Subcommand("clip._cli.export", "write the image and text encoders as checked ONNX graphs"),

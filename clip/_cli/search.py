@@ -1,17 +1,22 @@
 """`clip search OUT "query text"` / `clip search OUT --image FILE`: the closest images of a collection.
 
-Exact cosine similarity over every row of the memory-mapped image shards that `clip embed` wrote,
-with the model recorded in OUT's manifest, or --model: either must be the weights the collection was
-embedded with, checked by SHA256 (a manifest made before clip recorded it: --model gets a warning).
-Paths are printed as the manifest holds them (absolute), byte for byte.
+Cosine similarity over the image features of a collection (clip.collection.open), with the model
+recorded in OUT's manifest, or --model: either must be the weights the collection was embedded with,
+checked by SHA256 (a manifest made before clip recorded it: --model gets a warning). The faiss index
+that `clip index` built is used when present (refused when the collection changed since), every row
+scanned when there is none or with --exact. -k above the collection's size is clamped to it. Paths
+are printed as the collection holds them (absolute), byte for byte.
 """
 
 import argparse
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 from .common import EXIT_OK
+
+if TYPE_CHECKING:
+    from ..collection import Collection
 
 DEFAULT_K = 10
 EPILOG = """\
@@ -19,6 +24,8 @@ examples:
   clip embed photos/ -o photos.clip              first, embed the collection (once)
   clip search photos.clip "a dog on a beach" -k 5
   clip search photos.clip --image query.jpg
+  clip index photos.clip && clip search photos.clip "a dog"     with an approximate index (faiss)
+  clip search photos.clip "a dog" --exact                        every row scored, index or not
 """
 
 
@@ -28,7 +35,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="clip search",
         description="Print the k images of an embedded collection most similar to a text or an image "
-        "(cosine similarity, exact), best first: score, then path.",
+        "(cosine similarity; through the index of clip index when there is one), best first: score, "
+        "then path.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -37,7 +45,15 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--image", metavar="FILE", default=None, help="search with an image instead of a text"
     )
-    parser.add_argument("-k", type=int, default=DEFAULT_K, help=f"how many results (default: {DEFAULT_K})")
+    parser.add_argument(
+        "-k",
+        type=int,
+        default=DEFAULT_K,
+        help=f"how many results (default: {DEFAULT_K}; at most the collection's size)",
+    )
+    parser.add_argument(
+        "--exact", action="store_true", help="score every row, even when the collection has an index"
+    )
     add_model_arguments(parser, None)
     return parser
 
@@ -50,10 +66,18 @@ def main(argv: List[str]) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from .collection import library_errors
+
+    with library_errors():
+        return _search(args)
+
+
+def _search(args: argparse.Namespace) -> int:
     import torch
 
+    from .. import collection as collections
     from ..clip import tokenize
-    from .collection import CollectionError, read_manifest, top_k
+    from .collection import CollectionError
     from .common import load_model, open_image, print_line, shorten
 
     if args.k < 1:
@@ -72,11 +96,17 @@ def _run(args: argparse.Namespace) -> int:
             ) from exc
     image = open_image(Path(args.image)) if args.image is not None else None
     out = Path(args.out)
-    manifest = read_manifest(out)
-    if not manifest["items"]:
+    found = collections.open(out)
+    if not len(found):
         raise CollectionError(f"{out}: the collection is empty (no image could be read)")
+    if found.model is None and args.model is None:
+        raise CollectionError(
+            f"{out} records no model (written by from_arrays without one): pass --model, the model its "
+            "features were computed with"
+        )
+    found.check_index(args.exact)  # a stale index is refused before the model is loaded
     model, preprocess = load_model(
-        _model_of(out, manifest, args.model), args.device, args.download_root, args.download
+        _model_of(out, found, args.model), args.device, args.download_root, args.download
     )
     device = next(model.parameters()).device
     with torch.no_grad():
@@ -86,18 +116,18 @@ def _run(args: argparse.Namespace) -> int:
             query = model.encode_text(tokens.to(device))
     query = query.float()[0]
     query = (query / query.norm()).cpu().numpy()
-    stored_dim = _stored_dim(out, manifest)
-    if stored_dim != query.shape[0]:
+    if found.dim != query.shape[0]:
         raise CollectionError(
-            f"{out} holds {stored_dim}-dimensional features of {manifest['model']!r}, the model gives "
+            f"{out} holds {found.dim}-dimensional features of {found.model!r}, the model gives "
             f"{query.shape[0]}: search with the model the collection was embedded with"
         )
-    for score, index in top_k(out, manifest, query, args.k):
-        print_line(f"{score:.4f}\t{manifest['items'][index]['path']}")
+    scores, rows = found.search(query[None], k=args.k, exact=args.exact)
+    for score, path in zip(scores[0].tolist(), found.paths(rows[0])):
+        print_line(f"{score:.4f}\t{path}")
     return EXIT_OK
 
 
-def _model_of(out: Path, manifest: Dict[str, Any], given: Optional[str]) -> str:
+def _model_of(out: Path, found: "Collection", given: Optional[str]) -> str:
     """The model to search `out` with: --model, else the manifest's; refused when its weights are not
     those the collection was embedded with (compared by SHA256: scores against another model's
     features mean nothing, even at the same width). A manifest of format 1 records no SHA256: a
@@ -105,8 +135,10 @@ def _model_of(out: Path, manifest: Dict[str, Any], given: Optional[str]) -> str:
     from .collection import CollectionError, model_name, model_sha256, short_digest
     from .common import shorten
 
-    recorded, digest = manifest["model"], manifest.get("model_sha256")
+    recorded, digest = found.model, found.model_sha256
     model = recorded if given is None else given
+    if recorded is None:
+        return model
     if digest is None:
         if given is not None and model_name(given) != model_name(recorded):
             print(
@@ -130,12 +162,3 @@ def _model_of(out: Path, manifest: Dict[str, Any], given: Optional[str]) -> str:
         f"{short_digest(digest)}; this one: {short_digest(actual)}): its scores against the stored "
         "features would mean nothing. Search without --model, or embed the collection again with this model"
     )
-
-
-def _stored_dim(out: Path, manifest: Dict[str, Any]) -> int:
-    from .collection import open_shard
-
-    for shard, entry in enumerate(manifest["shards"]):
-        if entry["rows"]:
-            return int(open_shard(out, manifest, shard).shape[1])
-    return 0

@@ -102,3 +102,25 @@ def write_legacy(
     if version >= 2:
         manifest["model_sha256"] = "ab" * 32
     (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def manifest_with_items(folder: Path) -> dict:
+    """manifest.json of a format 3 folder with its item table read back into ``items`` (as formats 1
+    and 2 held it: path, shard, row, and caption when the collection has captions)."""
+    import sqlite3
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["format"] == 3 and "items" not in manifest
+    with sqlite3.connect(folder / manifest["metadata"]) as db:
+        table = db.execute("SELECT path, caption, shard, row FROM items ORDER BY id").fetchall()
+    decode = lambda value: value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value  # noqa: E731
+    manifest["items"] = [
+        {
+            "path": decode(path),
+            "shard": shard,
+            "row": row,
+            **({"caption": caption} if manifest["captions"] else {}),
+        }
+        for path, caption, shard, row in table
+    ]
+    return manifest
