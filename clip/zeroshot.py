@@ -94,24 +94,28 @@ def build_classifier(
 
     Column ``c`` is the mean of the unit-length text embeddings of every template filled in with
     ``classnames[c]`` (``template.format(classname)``), scaled to unit length again. The prompts of
-    all classes are encoded together, `batch_size` texts per `encode_text` call (a tqdm bar counts
-    them when `progress`), without gradients. The result is float32 on `device` (default: the
-    model's device).
+    all classes are encoded together, shortest first, `batch_size` texts per `encode_text` call (a
+    tqdm bar counts them when `progress`), without gradients: each call then computes about as many
+    positions as its texts have tokens (see `CLIP.encode_text`). The result is float32 on `device`
+    (default: the model's device).
     """
     classnames, templates = _check_prompts(classnames, templates)
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     device = torch.device(device) if device is not None else _model_device(model)
     prompts = [template.format(name) for name in classnames for template in templates]
-    owner = torch.arange(len(classnames), device=device).repeat_interleave(len(templates))  # prompt -> class
+    tokens = tokenize(prompts)  # [prompts, 77]
+    # shortest first: encode_text computes each batch up to its longest text only (see its docs)
+    order = torch.sort(tokens.argmax(dim=-1), stable=True).indices
+    owner = torch.arange(len(classnames)).repeat_interleave(len(templates))[order].to(device)  # -> class
     sums: Optional[torch.Tensor] = None
     with (
         torch.no_grad(),
         tqdm(total=len(prompts), desc="class embeddings", unit="text", disable=not progress) as bar,
     ):
         for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start : start + batch_size]
-            embeddings = model.encode_text(tokenize(chunk).to(device)).float()  # [chunk, D]
+            chunk = order[start : start + batch_size]
+            embeddings = model.encode_text(tokens[chunk].to(device)).float()  # [chunk, D]
             embeddings = embeddings / embeddings.norm(dim=-1, keepdim=True)
             if sums is None:
                 sums = torch.zeros(len(classnames), embeddings.shape[1], device=device)

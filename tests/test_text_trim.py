@@ -16,6 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import clip
 from clip.model import CLIP, build_model
 
 HERE = Path(__file__).resolve().parent
@@ -277,3 +278,21 @@ def test_training_gradients(checkpointing: bool, models: Dict[str, CLIP]) -> Non
     for name, full in grads[False].items():
         assert close_to(grads[True][name], full) <= 1e-4, name
     assert not grads[True]["positional_embedding"][longest(tokens) :].any()
+
+
+def test_build_classifier_encodes_shortest_first(models: Dict[str, CLIP]) -> None:
+    """zeroshot.build_classifier sorts its prompts by length: each call computes its own longest."""
+    from clip import zeroshot
+
+    model = models["tiny-vit"]
+    classes = ["dog", "a very long name of a rather unusual kind of sea creature", "cat"]
+    templates = ["a photo of a {}.", "{}", "a blurry photo taken at night of the small {} on the left."]
+    with positions_seen(model) as seen:
+        sorted_result = zeroshot.build_classifier(model, classes, templates, batch_size=2, progress=False)
+    assert seen == sorted(seen) and seen[0] < seen[-1] < CONTEXT and len(seen) == 5
+    with torch.no_grad():  # the release notebook's per-class recipe
+        columns = []
+        for name in classes:
+            embeddings = F.normalize(model.encode_text(clip.tokenize([t.format(name) for t in templates])))
+            columns.append(F.normalize(embeddings.mean(dim=0), dim=0))
+    assert close_to(sorted_result, torch.stack(columns, dim=1)) <= RELATIVE_TOLERANCE
