@@ -107,10 +107,10 @@ def _import_server() -> Any:
 
     try:
         import fastapi  # noqa: F401
-        import multipart  # noqa: F401  (python-multipart: FastAPI's form parser)
+        import python_multipart  # noqa: F401  (FastAPI's form parser)
         import uvicorn
     except ImportError as exc:
-        raise CommandFailure(f"{EXTRA_ADVICE} (missing: {exc.name})") from exc
+        raise CommandFailure(f"{EXTRA_ADVICE} (missing: {exc.name or 'a module'})") from exc
     return uvicorn
 
 

@@ -137,7 +137,11 @@ async function start() {
     $("query").placeholder = "no collection: start the server as clip serve COLLECTION";
   }
   const params = new URLSearchParams(location.search);
-  if (params.get("k")) $("k").value = params.get("k");
+  const k = params.get("k");
+  if (k && /^[0-9]+$/.test(k)) {
+    if (![...$("k").options].some((option) => option.value === k)) $("k").add(new Option(k));
+    $("k").value = k;
+  }
   const query = params.get("q");
   if (query && collection) {
     $("query").value = query;
