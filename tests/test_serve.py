@@ -66,6 +66,7 @@ def collection(workdir: Path, photos: Path, checkpoint: Path) -> Path:
     out = workdir / "photos.clip"
     argv = [str(photos / "pairs.csv"), "-o", str(out), "--model", str(checkpoint), "--workers", "0"]
     assert clip_main(["embed", *argv, "--no-progress"]) == 0
+    clip.collection.build_index(out, progress=False)  # the server searches through it
     return out
 
 
@@ -136,7 +137,7 @@ def test_healthz(client: httpx.Client, collection: Path, checkpoint: Path) -> No
     body = answer.json()
     assert body["status"] == "ok"
     assert body["model"] == checkpoint.name  # the file's name only, not its folder
-    assert body["collection"] == {"items": len(CAPTIONS), "captions": True}
+    assert body["collection"] == {"items": len(CAPTIONS), "captions": True, "index": "flat"}
     assert body["dim"] == 32
     _no_machine_paths(answer.text, collection, checkpoint.parent)
 

@@ -129,7 +129,8 @@ def _open_collection(path: str) -> Any:
 
     try:
         opened = collection.open(path)
-    except collection.CollectionError as exc:
+        opened.check_index()  # a stale index, or one without faiss installed: said now, not per search
+    except (collection.CollectionError, ImportError) as exc:
         raise UsageError(str(exc)) from exc
     if len(opened) == 0:
         raise UsageError(f"{path}: the collection is empty (no image was embedded)")

@@ -7,6 +7,7 @@ threads. Every error is a JSON body ``{"error": "..."}`` that names no file of t
 """
 
 import asyncio
+import logging
 import os
 import threading
 from collections import OrderedDict
@@ -25,6 +26,7 @@ from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
+from ..collection import CollectionError
 from .batching import IMAGE, TEXT, Busy, ModelWorker
 from .images import ImageRefused, decode_upload, thumbnail_jpeg
 from .limits import UploadLimit
@@ -44,6 +46,7 @@ BUILT_IN_CLASSES = {
     "cifar10": ("CIFAR10_CLASSES", "CIFAR_TEMPLATES"),
     "cifar100": ("CIFAR100_CLASSES", "CIFAR_TEMPLATES"),
 }
+logger = logging.getLogger(__name__)
 NO_COLLECTION = "no collection is served: start the server as clip serve COLLECTION"
 
 
@@ -218,7 +221,13 @@ class _Service:
         if self.collection is None:
             raise ApiError(404, NO_COLLECTION)
         with self.collection_lock:
-            scores, rows = self.collection.search(query.numpy()[None], k=k)
+            try:
+                scores, rows = self.collection.search(query.numpy()[None], k=k)
+            except (CollectionError, ImportError) as exc:  # a stale index, faiss gone: said in the log
+                logger.error("clip serve: the collection cannot be searched: %s", exc)
+                raise ApiError(
+                    503, "the collection cannot be searched now; the server's log says why"
+                ) from None
             rows = [int(row) for row in rows[0]]
             paths = self.collection.paths(rows)
             captions = self.collection.captions(rows)
@@ -250,7 +259,12 @@ class _Service:
     def health(self) -> Dict[str, Any]:
         collection = None
         if self.collection is not None:
-            collection = {"items": len(self.collection), "captions": bool(self.collection.has_captions)}
+            index = self.collection.index_info
+            collection = {
+                "items": len(self.collection),
+                "captions": bool(self.collection.has_captions),
+                "index": index.get("kind") if index else None,
+            }
         return {
             "status": "ok",
             "model": self.model_name,
