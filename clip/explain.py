@@ -448,7 +448,8 @@ def overlay(
     side = crop.size[0]
     up = F.interpolate(values[None, None], size=(side, side), mode="bilinear", align_corners=False)[0, 0]
     low, high = up.min(), up.max()
-    unit = (up - low) / (high - low) if high > low else torch.zeros_like(up)
+    constant = bool(values.min() == values.max())  # decided on the map: interpolation adds rounding noise
+    unit = torch.zeros_like(up) if constant else ((up - low) / (high - low)).clamp(0.0, 1.0)
     index = (unit * (LUT_SIZE - 1)).round().long().numpy()
     colours = Image.fromarray(lut[index], mode="RGB")
     return Image.blend(crop, colours, float(alpha))
@@ -544,7 +545,7 @@ def figure(
         top = float(values.max()) if values.numel() else 0.0
         weights = [float(v) / top if top > 0 else 0.0 for v in values]
         layouts.append(_token_rows(scratch, pieces, weights, small, panel))
-    token_lines = max(len(rows) for rows in layouts)
+    token_lines = max(2, max(len(rows) for rows in layouts))  # the legend takes two lines
     width = margin + (panel + margin) * (len(labels) + 1)
     height = margin + 2 * line + panel + margin + token_lines * line + margin
     canvas = Image.new("RGB", (width, height), "white")
@@ -554,6 +555,14 @@ def figure(
     canvas.paste(crop, (margin, picture_top))
     draw.text((margin, margin), "image", fill="black", font=font)
     draw.text((margin, margin + line), "(the crop the model sees)", fill=(90, 90, 90), font=small)
+    legend_top = picture_top + panel + margin
+    draw.text((margin, legend_top), "tokens, shaded by relevance:", fill=(90, 90, 90), font=small)
+    for step in range(5):
+        x = margin + step * (line + 2)
+        draw.rectangle((x, legend_top + line, x + line, legend_top + 2 * line - 3), fill=_shade(step / 4))
+    draw.text(
+        (margin + 5 * (line + 2) + 4, legend_top + line + 1), "low to high", fill=(90, 90, 90), font=small
+    )
     for k, label in enumerate(labels):
         left = margin + (panel + margin) * (k + 1)
         draw.text((left, margin), _fit(draw, label, font, panel), fill="black", font=font)
