@@ -40,17 +40,19 @@ def clip_score(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = False,
+    prefix: str = CAPTION_PREFIX,
 ) -> torch.Tensor:
     """CLIP-S of each pair (image n, caption n): ``2.5 * max(cos(image, "A photo depicts " + caption), 0)``.
 
     `images` are (N, 3, R, R) preprocessed images (the `preprocess` of `clip.load`, stacked), on any
     device (moved to the model's); `captions` N strings. Works with any model `clip.load` returns
     (jit, bf16, int8). Returns a float32 CPU tensor (N,); the corpus score is its mean.
+    `prefix` is put before each caption (the paper's "A photo depicts "; "" for none).
     """
     image_features = _image_features(model, images, batch_size, progress)
     captions = _texts(captions, "captions")
     _same_count(image_features, captions)
-    caption_features = _text_features(model, captions, batch_size, progress)
+    caption_features = _text_features(model, captions, batch_size, progress, prefix)
     return _clip_s(image_features, caption_features)
 
 
@@ -62,6 +64,7 @@ def ref_clip_score(
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
     progress: bool = False,
+    prefix: str = CAPTION_PREFIX,
 ) -> torch.Tensor:
     """RefCLIP-S of each pair: the harmonic mean of CLIP-S and the best reference's cosine.
 
@@ -88,8 +91,8 @@ def ref_clip_score(
         refs = _texts(refs, f"references[{index}]")
         flat += refs
         owners += [index] * len(refs)
-    caption_features = _text_features(model, captions, batch_size, progress)
-    reference_features = _text_features(model, flat, batch_size, progress)
+    caption_features = _text_features(model, captions, batch_size, progress, prefix)
+    reference_features = _text_features(model, flat, batch_size, progress, prefix)
     clip_s = _clip_s(image_features, caption_features)
     similarity = (reference_features * caption_features[owners]).sum(dim=-1)  # cos(c_owner, r)
     best = torch.full((len(captions),), float("-inf")).scatter_reduce(
@@ -157,8 +160,12 @@ def _image_features(
     return torch.cat(out)
 
 
-def _text_features(model: torch.nn.Module, texts: List[str], batch_size: int, progress: bool) -> torch.Tensor:
-    """L2-normalised float32 features (N, D) of CAPTION_PREFIX + text, tokenized with truncate=True."""
+def _text_features(
+    model: torch.nn.Module, texts: List[str], batch_size: int, progress: bool, prefix: str
+) -> torch.Tensor:
+    """L2-normalised float32 features (N, D) of prefix + text, tokenized with truncate=True."""
+    if not isinstance(prefix, str):
+        raise TypeError(f"prefix must be a string; got {type(prefix).__name__}")
     from ._tokenize import tokenize
 
     device = _model_device(model)
@@ -166,7 +173,7 @@ def _text_features(model: torch.nn.Module, texts: List[str], batch_size: int, pr
     out = []
     with torch.no_grad():
         for start in tqdm(range(0, len(texts), batch_size), desc="texts", disable=not progress):
-            chunk = [CAPTION_PREFIX + text for text in texts[start : start + batch_size]]
+            chunk = [prefix + text for text in texts[start : start + batch_size]]
             tokens = tokenize(chunk, context_length=context, truncate=True)
             features = model.encode_text(tokens.to(device)).float()
             out.append((features / features.norm(dim=-1, keepdim=True)).cpu())

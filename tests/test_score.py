@@ -67,6 +67,20 @@ def test_negative_cosines_score_zero():
     )  # H-mean(0, x) = 0
 
 
+def test_prefix_is_put_before_each_caption():
+    model = tiny_model("vit").float()
+    images, captions = torch.randn(2, 3, 32, 32), ["a diagram", "a dog"]
+    with torch.no_grad():
+        image = torch.nn.functional.normalize(model.encode_image(images), dim=-1)
+        text = torch.nn.functional.normalize(model.encode_text(clip.tokenize(captions)), dim=-1)
+    cosine = (image * text).sum(dim=-1)
+    bare = score.clip_score(model, images, captions, prefix="")
+    torch.testing.assert_close(bare, 2.5 * cosine.clamp(min=0), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(score.clip_score(model, images, captions), bare)  # the default prefix counts
+    with pytest.raises(TypeError, match="prefix must be a string"):
+        score.clip_score(model, images, captions, prefix=None)
+
+
 def test_bad_input_is_refused():
     model = tiny_model("vit").float()
     images = torch.randn(2, 3, 32, 32)
