@@ -342,6 +342,7 @@ def _hostile_cases(photos: Path, workdir: Path) -> List[Dict[str, Any]]:
         case("thumb of a path, plain", (404, 422), "GET", "/v1/thumb/%2Fetc%2Fpasswd"),
         case("unknown route", 404, "GET", "/v2/everything"),
         case("wrong method", 405, "DELETE", "/v1/search"),
+        case("another Host (DNS rebinding)", 400, "GET", "/healthz", headers={"host": "evil.example:8000"}),
     ]
 
 

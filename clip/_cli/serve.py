@@ -150,6 +150,7 @@ def _run(args: argparse.Namespace) -> int:
     _check_arguments(args)
     uvicorn = _import_server()
     from .._serve.app import ServeSettings, create_app
+    from .._serve.limits import LOOPBACK_NAMES
 
     opened = _open_collection(args.collection) if args.collection is not None else None
     model_name = args.model or (opened.model if opened is not None and opened.model else DEFAULT_MODEL)
@@ -171,6 +172,7 @@ def _run(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         window=args.batch_window * MILLISECOND,
         queue_size=args.queue,
+        hosts=(*LOOPBACK_NAMES, args.host.strip("[]")) if _is_loopback(args.host) else None,
     )
     app = create_app(
         model, preprocess, model_name=_shown_model(model_name), collection=opened, settings=settings

@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException
 from ..collection import CollectionError
 from .batching import IMAGE, TEXT, Busy, ModelWorker
 from .images import ImageRefused, decode_upload, thumbnail_jpeg
-from .limits import UploadLimit
+from .limits import RequestLimits
 
 __all__ = ["ServeSettings", "create_app"]
 
@@ -60,6 +60,7 @@ class ServeSettings:
     queue_size: int = 64
     thumb_size: int = 256
     thumb_cache: int = 1024  # thumbnails kept in memory
+    hosts: Optional[Tuple[str, ...]] = None  # the Host header names answered (None: any)
 
 
 class ApiError(Exception):
@@ -355,7 +356,7 @@ def create_app(
     app.state.service = service
     _install_error_handlers(app)
     _add_routes(app, service)
-    app.add_middleware(UploadLimit, limit=settings.max_upload)
+    app.add_middleware(RequestLimits, limit=settings.max_upload, hosts=settings.hosts)
     return app
 
 
