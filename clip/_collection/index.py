@@ -65,7 +65,7 @@ NPROBES = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768,
 EF_SEARCHES = (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 1024, 2048, 4096)
 PQ_FACTORS = (2, 4, 8, 16, 32)  # ivfpq: candidates per wanted result, re-scored exactly
 SYNTHETIC_GAP = 1.25  # text-like queries: the gap direction's weight against the (unit) image row
-SYNTHETIC_NOISE = 0.5  # ... and the noise's
+SYNTHETIC_NOISE = 1.5  # ... and the noise's (best cosines ~0.45: harder than near-copies of rows)
 FAISS_EXTRA = 'pip install "clip-faithful[index]"'
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
 

@@ -29,23 +29,19 @@ _CHOICE = re.compile(r"\{([^{}]*,[^{}]*)\}")
 def expand(pattern: str) -> List[str]:
     """Brace patterns as webdataset and the shell spell them: ``{00000..00099}`` (zero padding kept
     from the first bound) and ``{a,b}``; several braces multiply out, in order."""
-    match = _RANGE.search(pattern)
-    if match is not None:
-        low, high = match.group(1), match.group(2)
-        if int(high) < int(low):
-            raise CollectionError(f"{pattern}: the range {match.group(0)} runs backwards")
-        width = len(low) if low.startswith("0") else 0
-        head, tail = pattern[: match.start()], pattern[match.end() :]
-        return [
-            name
-            for number in range(int(low), int(high) + 1)
-            for name in expand(f"{head}{number:0{width}d}{tail}")
-        ]
-    match = _CHOICE.search(pattern)
-    if match is not None:
-        head, tail = pattern[: match.start()], pattern[match.end() :]
+    found = [m for m in (_RANGE.search(pattern), _CHOICE.search(pattern)) if m is not None]
+    if not found:
+        return [pattern]
+    match = min(found, key=lambda m: m.start())  # the leftmost brace varies slowest
+    head, tail = pattern[: match.start()], pattern[match.end() :]
+    if match.re is _CHOICE:
         return [name for choice in match.group(1).split(",") for name in expand(f"{head}{choice}{tail}")]
-    return [pattern]
+    low, high = match.group(1), match.group(2)
+    if int(high) < int(low):
+        raise CollectionError(f"{pattern}: the range {match.group(0)} runs backwards")
+    width = len(low) if low.startswith("0") else 0
+    numbers = range(int(low), int(high) + 1)
+    return [name for number in numbers for name in expand(f"{head}{number:0{width}d}{tail}")]
 
 
 def is_tar(name: str) -> bool:
