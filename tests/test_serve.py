@@ -455,3 +455,13 @@ def test_another_host_is_warned_about(checkpoint: Path, capsys: pytest.CaptureFi
     assert "warning: listening on 192.0.2.1" in err
     assert "no authentication" in err
     assert code == 1 and "cannot listen on 192.0.2.1:9" in err
+
+
+def test_a_model_other_than_the_collections_is_refused(
+    collection: Path, workdir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    other = workdir / "other.pt"
+    other.write_bytes(release_archive("vit", seed=1).read_bytes())  # the same width, other weights
+    assert clip_main(["serve", str(collection), "--model", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "--model" in err and "would mean nothing" in err

@@ -137,6 +137,23 @@ def _open_collection(path: str) -> Any:
     return opened
 
 
+def _check_same_model(path: str, opened: Any, model: str) -> None:
+    """Refuse a model whose weights are not those `opened` was embedded with (by SHA256, where the
+    collection recorded it): its scores against the stored features would mean nothing."""
+    from .collection import model_sha256, short_digest
+    from .common import UsageError, shorten
+
+    digest = opened.model_sha256
+    actual = model_sha256(model) if digest is not None else None
+    if actual is None or actual == digest:
+        return  # nothing recorded to compare, or no such model (loading it says so)
+    raise UsageError(
+        f"{path} was embedded with {opened.model!r} ({short_digest(digest)}); --model {shorten(model)} is "
+        f"another model ({short_digest(actual)}), and its scores against the stored features would mean "
+        "nothing. Serve without --model, or embed the collection again with this model"
+    )
+
+
 def _shown_model(model: str) -> str:
     """The model as /healthz names it: a released name, or a checkpoint's file name (no folders)."""
     from ..clip import available_models
@@ -154,6 +171,8 @@ def _run(args: argparse.Namespace) -> int:
 
     opened = _open_collection(args.collection) if args.collection is not None else None
     model_name = args.model or (opened.model if opened is not None and opened.model else DEFAULT_MODEL)
+    if opened is not None:
+        _check_same_model(args.collection, opened, model_name)
     model, preprocess = load_model(model_name, args.device, args.download_root, args.download)
     dim = int(model.text_projection.shape[1])
     if opened is not None and opened.dim != dim:
