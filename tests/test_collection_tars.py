@@ -7,6 +7,7 @@ Features are checked against `encode_image` of each sample's image decoded indep
 import io
 import json
 import sqlite3
+import sys
 import tarfile
 from pathlib import Path
 from typing import List, Tuple
@@ -160,6 +161,16 @@ def test_embed_tars_index_search_dedup(
     assert code == 0, err
     code, exact, err = _run(["search", str(out), "a red square", "-k", "9", "--exact"], capsys)
     assert code == 0 and indexed == exact and len(exact.splitlines()) == 4  # -k clamped to the 4 items
+
+    monkeypatch.setitem(sys.modules, "faiss", None)  # an index, and faiss gone: one line naming the extra
+    code, _, err = _run(["search", str(out), "a red square"], capsys)
+    assert (
+        code == 2
+        and 'pip install "clip-faithful[index]"' in err
+        and "--exact" in err
+        and "Traceback" not in err
+    )
+    monkeypatch.delitem(sys.modules, "faiss")
 
     code, stdout, err = _run(["dedup", str(out), "--threshold", "0.999", "--no-progress"], capsys)
     assert code == 0, err

@@ -66,10 +66,13 @@ def main(argv: List[str]) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .collection import library_errors
+    from .collection import CollectionError, library_errors
 
     with library_errors():
-        return _search(args)
+        try:
+            return _search(args)
+        except ImportError as exc:  # an index, and no faiss: the message names the extra
+            raise CollectionError(f"{exc}; or search every row with --exact") from exc
 
 
 def _search(args: argparse.Namespace) -> int:

@@ -418,7 +418,11 @@ def build(
         "clip_version": __version__,
         "faiss_version": getattr(faiss, "__version__", None),
     }
-    write_json(stored.folder / INDEX_FILE, info)
+    try:
+        write_json(stored.folder / INDEX_FILE, info)
+    except BaseException:  # the record was not replaced: the new file would be an orphan
+        os.remove(stored.folder / name)
+        raise
     for other in os.listdir(stored.folder):  # the index this one replaces
         if other.startswith("index-") and other.endswith(".faiss") and other != name:
             os.remove(stored.folder / other)
