@@ -13,9 +13,9 @@ from .common import EXIT_OK
 
 DEFAULT_MODEL = "ViT-B/32"  # the paper's model
 EPILOG = """\
-Scores are on the paper's scale: CLIP-S from 0 to 2.5, usually 0.5 to 1 for fitting captions
-(its tables show 100 x the mean). Libraries that report 100 x cos (torchmetrics) give
-40 x CLIP-S for the same prompt (they add no "A photo depicts" prefix, so numbers differ).
+Scores are on the paper's scale: CLIP-S from 0 to 2.5, RefCLIP-S from 0 to 1.43 (its tables show
+100 x the mean). Libraries that report 100 x cos (torchmetrics) give 40 x CLIP-S for the same text
+where the cosine is positive, but they add no "A photo depicts" prefix: see docs/explain.md.
 
 examples:
   clip score cat.jpg dog.jpg --captions "a cat on a sofa" "a dog in the park"
