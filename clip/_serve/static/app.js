@@ -159,4 +159,12 @@ $("image-form").addEventListener("submit", (event) => {
   classify();
 });
 $("similar-button").addEventListener("click", similar);
+$("image").addEventListener("change", () => {
+  const file = $("image").files[0];
+  const preview = $("preview");
+  if (preview.src) URL.revokeObjectURL(preview.src);
+  preview.hidden = !file;
+  if (file) preview.src = URL.createObjectURL(file);
+  $("labels-out").replaceChildren();
+});
 start();
