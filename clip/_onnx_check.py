@@ -153,7 +153,13 @@ def check_graph(
     model's fp32 features of all `inputs`)."""
     (ort,) = require("onnxruntime")
     provider = _provider(dtype)
-    session = ort.InferenceSession(path, providers=[provider])
+    try:
+        session = ort.InferenceSession(path, providers=[provider])
+    except Exception as exc:  # onnxruntime's own error types (InvalidGraph, NotImplemented, ...)
+        raise RuntimeError(
+            f"onnxruntime {ort.__version__} cannot load the exported {graph}.onnx: {exc}. An older "
+            "onnxruntime may lack newer opsets: pass a lower opset, or upgrade onnxruntime"
+        ) from exc
     binding = session.get_inputs()[0]
     feed_dtype = np.float16 if binding.type == "tensor(float16)" else None
     expected = reference.detach().double().numpy()

@@ -22,6 +22,7 @@ from torch import nn
 __all__ = [
     "EXTRA_INSTALL",
     "MIN_OPSET",
+    "MAX_OPSET",
     "IMAGE_INPUT",
     "IMAGE_OUTPUT",
     "TEXT_INPUT",
@@ -38,6 +39,9 @@ EXTRA_INSTALL = 'pip install "clip-faithful[onnx]"'
 # The exporter writes opset 18 or newer: its Split, Reduce* and friends take opset 18's forms, which
 # onnx's version converter cannot bring down to 17.
 MIN_OPSET = 18
+# The newest opset the export is checked with (torch 2.14, onnx 1.23, onnxruntime 1.32); above it the
+# exporter's version conversion fails for some operators (e.g. Attention, opset 23, to 26).
+MAX_OPSET = 25
 IMAGE_INPUT, IMAGE_OUTPUT = "image", "image_features"
 TEXT_INPUT, TEXT_OUTPUT = "text", "text_features"
 BATCH_DIM = "batch"  # the symbolic name of the first dimension of every input and output

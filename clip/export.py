@@ -43,6 +43,7 @@ from ._onnx_graphs import (
     BATCH_DIM,
     IMAGE_INPUT,
     IMAGE_OUTPUT,
+    MAX_OPSET,
     MIN_OPSET,
     TEXT_INPUT,
     TEXT_OUTPUT,
@@ -135,7 +136,7 @@ def to_onnx(
             renamed into it at the end: on any error nothing is left there.
         dtype: torch.float32 (the default) or torch.float16, the graphs' floating-point type
             (fp16 graphs take and return float16, for GPUs).
-        opset: the ONNX opset (None: the exporter's default); at least 18.
+        opset: the ONNX opset (None: the exporter's default, 20 with torch 2.14), from 18 to 25.
         check: run both graphs in onnxruntime on built-in inputs (several batch sizes; an empty, a
             short, a 77-token and non-ASCII texts, each alone and in a batch) and compare with the
             model: fp32 within FP32_MAX_DIFF of the largest feature value and cosine >=
@@ -224,11 +225,11 @@ def _opset(opset: Optional[int]) -> Optional[int]:
     if opset is None:
         return None
     (onnx,) = require("onnx")
-    newest = onnx.defs.onnx_opset_version()
+    newest = min(MAX_OPSET, onnx.defs.onnx_opset_version())
     if isinstance(opset, bool) or not isinstance(opset, int) or not MIN_OPSET <= opset <= newest:
         raise ValueError(
-            f"opset must be an integer from {MIN_OPSET} to {newest} (the newest the installed onnx "
-            f"knows); got {opset!r}. Leave it out for the exporter's default."
+            f"opset must be an integer from {MIN_OPSET} to {newest}; got {opset!r}. Leave it out for the "
+            "exporter's default."
         )
     return opset
 

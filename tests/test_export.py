@@ -348,21 +348,42 @@ def _graphs_from(folder: Path):
     return export_graph
 
 
-def test_a_failed_check_exits_1_says_why_and_leaves_nothing(
+def test_a_text_graph_without_the_causal_mask_fails_the_check_and_leaves_nothing(
     exports: Dict[str, Any], golden: Dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Graphs of other weights (as a graph without the causal mask would) fail the check."""
-    entry = golden["models"][VIT_224]
-    other = build_model(make_state_dict(entry["dims"], entry["seed"] + 1)).float()
-    monkeypatch.setattr(clip.export, "export_graph", _graphs_from(exports[VIT_224]))
-    with pytest.raises(clip.export.ExportCheckError, match="disagreed with the PyTorch model") as info:
-        clip.export.to_onnx(other, tmp_path / "out")
-    assert [c.passed for c in info.value.checks] == [False, False]
+    """The way users' own exports went wrong: attention without the causal mask."""
+    from clip._onnx_graphs import TextEncoder
+
+    model = _model(golden, VIT_224)
+    unmasked = copy.deepcopy(model)
+    for block in unmasked.transformer.resblocks:
+        block.attn_mask = None
+    export_graph = clip.export.export_graph
+
+    def export_without_mask(encoder, example, names, path, opset) -> None:
+        if names[0] == "text":
+            export_graph(TextEncoder(unmasked), example, names, path, opset)
+        else:  # the image graph is right: the module's own, copied (one export fewer)
+            shutil.copy(exports[VIT_224] / "visual.onnx", path)
+
+    monkeypatch.setattr(clip.export, "export_graph", export_without_mask)
+    with pytest.raises(clip.export.ExportCheckError, match="textual.onnx disagreed") as info:
+        clip.export.to_onnx(model, tmp_path / "out")
+    visual, textual = info.value.checks
+    assert visual.passed and not textual.passed and textual.min_cosine < 0.9
     assert os.listdir(tmp_path) == []  # no OUT_DIR, no scratch folder beside it
+
+
+def test_a_failed_check_on_the_command_line_exits_1_and_prints_the_figures(
+    exports: Dict[str, Any], golden: Dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Graphs of other weights fail the check too (copied in place of an export: fast)."""
+    entry = golden["models"][VIT_224]
+    monkeypatch.setattr(clip.export, "export_graph", _graphs_from(exports[VIT_224]))
     checkpoint = tmp_path.parent / f"{tmp_path.name}-other.pt"
     torch.save(make_state_dict(entry["dims"], entry["seed"] + 1), checkpoint)
     code, out, err = _cli(str(checkpoint), str(tmp_path / "out"))
-    assert code == 1 and "FAILED" in out and err.count("\n") == 1 and "nothing written" in err
+    assert code == 1 and out.count("FAILED") == 2 and err.count("\n") == 1 and "nothing written" in err
     assert os.listdir(tmp_path) == []
 
 
@@ -398,8 +419,9 @@ def test_models_that_cannot_be_exported_say_what_to_pass(tiny: torch.nn.Module, 
         clip.export.to_onnx(bf16, tmp_path / "c")
     with pytest.raises(ValueError, match="torch.float32 or torch.float16"):
         clip.export.to_onnx(tiny, tmp_path / "d", dtype=torch.bfloat16)
-    with pytest.raises(ValueError, match="opset must be an integer from 18"):
-        clip.export.to_onnx(tiny, tmp_path / "e", opset=17)
+    for opset in (17, 26, 20.0):
+        with pytest.raises(ValueError, match="opset must be an integer from 18 to 25"):
+            clip.export.to_onnx(tiny, tmp_path / "e", opset=opset)
     with pytest.raises(NotADirectoryError):
         clip.export.to_onnx(tiny, CLIP_PNG)
     with pytest.raises(FileNotFoundError, match="create it first"):

@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
         "--opset",
         type=int,
         default=None,
-        help="ONNX opset, 18 or newer (default: the exporter's, 20 with torch 2.14)",
+        help="ONNX opset, 18 to 25 (default: the exporter's, 20 with torch 2.14)",
     )
     parser.add_argument(
         "--no-check",
