@@ -21,8 +21,13 @@ positions), batch 1 and 32. Variants, timed in the same process, passes alternat
 
 The worker process starts with the steady glibc allocator settings of benchmarks/_common.py.
 
+`--architectures` instead exports each of the nine released architectures (seeded random weights
+at the release's shapes) with `to_onnx`'s check and reports its figures, the time taken and the
+file sizes; `--dtype float16` does the same for fp16 graphs.
+
 Run (from the repository root): python -m benchmarks.bench_export [--models ViT-B/32 RN50]
-[--batches 1 32] [--repeats 3] [--json FILE]
+[--batches 1 32] [--repeats 3] [--json FILE]; python -m benchmarks.bench_export --architectures
+[--dtype float16]
 """
 
 import argparse
@@ -199,6 +204,40 @@ def run(models: Sequence[str], batches: Sequence[int], repeats: int) -> Dict[str
     }
 
 
+def check_architectures(dtype: str) -> List[Dict[str, Any]]:
+    """Export and check each of the nine released architectures; one row each."""
+    import torch
+
+    import clip.export
+    from clip.model import build_model
+
+    factory = _common.load_model_factory()
+    rows = []
+    for config in factory.RELEASED:
+        model = build_model(factory.make_state_dict(config, SEED)).float().eval()
+        with tempfile.TemporaryDirectory() as scratch:
+            start = time.perf_counter()
+            try:
+                report = clip.export.to_onnx(model, Path(scratch) / "out", dtype=getattr(torch, dtype))
+            except Exception as exc:  # reported, and the next architecture still runs
+                rows.append({"model": config, "error": f"{type(exc).__name__}: {exc}"})
+                print(f"{config}: {rows[-1]['error']}", flush=True)
+                continue
+            seconds = time.perf_counter() - start
+            sizes = {os.path.basename(path): os.path.getsize(path) for path in report.files}
+        rows.append(
+            {
+                "model": config,
+                "seconds": seconds,
+                "bytes": sizes,
+                "checks": [c.summary() for c in report.checks],
+            }
+        )
+        print(f"{config}: {seconds:.0f} s; " + " / ".join(rows[-1]["checks"]), flush=True)
+        del model, report
+    return rows
+
+
 def _cpu_flags() -> List[str]:
     wanted = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8", "avx_vnni")
     try:
@@ -247,6 +286,12 @@ def _parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--batches", nargs="+", type=int, default=list(DEFAULT_BATCHES))
     parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS, help="timed passes per variant")
     parser.add_argument("--json", default=None, help="also write the result to this file")
+    parser.add_argument(
+        "--architectures", action="store_true", help="export and check the nine released architectures"
+    )
+    parser.add_argument(
+        "--dtype", choices=("float32", "float16"), default="float32", help="with --architectures"
+    )
     return parser.parse_args(argv)
 
 
@@ -262,6 +307,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         ]
         os.execve(sys.executable, command, env)
     start = time.perf_counter()
+    if args.architectures:
+        rows = check_architectures(args.dtype)
+        print(f"wall time {time.perf_counter() - start:.0f} s; load average {_common.load_average()}")
+        if args.json:
+            Path(args.json).write_text(json.dumps(rows, indent=2), encoding="utf-8")
+        return
     result = run(args.models, args.batches, args.repeats)
     machine = result["machine"]
     print(
