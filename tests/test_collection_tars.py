@@ -197,3 +197,23 @@ def test_bad_tar_sources(
     code, _, err = _run(["embed", *sources, "-o", str(out), "--model", model_path, "--device", "cpu"], capsys)
     assert code == 2 and expected in err, err
     assert not out.exists()
+
+
+def test_torchrun_ranks_split_by_tar(shards: Path, tmp_path: Path, model_path: str) -> None:
+    """Under torchrun, rank r of N embeds tars r, r + N, ...: a whole tar is one rank's shard."""
+    import argparse
+
+    from clip._cli import embed as _embed_command
+    from clip._collection.tars import list_tars
+
+    items, captions, bounds = list_tars([str(shards / "{00000..00002}.tar")])
+    model, preprocess = clip.load(model_path, device="cpu", jit=False)
+    args = argparse.Namespace(batch_size=2, workers=0, dtype="float32", no_progress=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    second_of_two = _embed_command._Group(rank=1, world=2, local_rank=0)
+    _embed_command._embed(args, model, preprocess, items, captions, out, bounds, second_of_two)
+    assert sorted(p.name for p in out.glob("shard-*.json")) == ["shard-00001.json"]
+    record = json.loads((out / "shard-00001.json").read_text())
+    assert record["rank"] == 1 and record["rows"] == [2, 5] and [i for i, _ in record["errors"]] == [3, 4]
+    assert [items[i].key for i in record["rows"]] == ["000010000", "000010003"]
