@@ -16,15 +16,16 @@ The caller decides everything else (its `trim_text_padding` switch, the tensor's
 imports nothing of `clip`: `clip.model` passes the modules and masks in.
 """
 
-from typing import Iterable, Optional
+import weakref
+from typing import Dict, Iterable, Optional, Tuple
 
 import torch
 import torch.nn.modules.module as _module
 from torch import nn
-from torch.utils.weak import WeakIdKeyDictionary
 
-# mask -> (its _version when checked, whether it blocks every later position)
-_CAUSAL_CHECKED: WeakIdKeyDictionary = WeakIdKeyDictionary()
+# id(mask) -> (a weak reference to it, its _version when checked, whether it hides every later
+# position); the entry goes when the mask does. A plain dict: this is read on every encode_text call.
+_CAUSAL_CHECKED: Dict[int, Tuple["weakref.ref[torch.Tensor]", int, bool]] = {}
 
 
 def _compiler_flag(name: str) -> bool:
@@ -57,9 +58,8 @@ def hooked(roots: Iterable[Optional[nn.Module]]) -> bool:
     """Whether a forward or backward hook is registered on any of `roots` or below, or globally."""
     if _global_hooks():
         return True
-    stack = list(roots)
-    while stack:  # a plain walk over _modules: `.modules()` costs several times as much
-        module = stack.pop()
+    modules = list(roots)
+    for module in modules:  # grows as it goes; a plain walk: `.modules()` costs several times as much
         if module is None:
             continue
         if (
@@ -69,7 +69,7 @@ def hooked(roots: Iterable[Optional[nn.Module]]) -> bool:
             or module._backward_pre_hooks
         ):
             return True
-        stack.extend(module._modules.values())
+        modules.extend(module._modules.values())
     return False
 
 
@@ -79,13 +79,20 @@ def blocks_later_positions(mask: Optional[torch.Tensor]) -> bool:
     Additive masks must hold -inf strictly above the diagonal, boolean masks True (torch's
     convention: may not attend). The answer is cached per mask tensor until it is written to.
     """
-    if not isinstance(mask, torch.Tensor) or mask.dim() != 2 or mask.device.type != "cpu":
+    if not isinstance(mask, torch.Tensor):
         return False
-    known = _CAUSAL_CHECKED.get(mask)
-    if known is not None and known[0] == mask._version:
-        return known[1]
-    hidden = mask if mask.dtype == torch.bool else torch.isneginf(mask)
-    above = torch.ones(mask.shape, dtype=torch.bool).triu_(1)
-    ok = bool(hidden[above].all())
-    _CAUSAL_CHECKED[mask] = (mask._version, ok)
+    key = id(mask)
+    known = _CAUSAL_CHECKED.get(key)
+    if known is not None and known[0]() is mask and known[1] == mask._version:
+        return known[2]
+    ok = mask.dim() == 2 and mask.device.type == "cpu"
+    if ok:
+        hidden = mask if mask.dtype == torch.bool else torch.isneginf(mask)
+        above = torch.ones(mask.shape, dtype=torch.bool).triu_(1)
+        ok = bool(hidden[above].all())
+    _CAUSAL_CHECKED[key] = (
+        weakref.ref(mask, lambda _, key=key: _CAUSAL_CHECKED.pop(key, None)),
+        mask._version,
+        ok,
+    )
     return ok

@@ -627,12 +627,14 @@ class CLIP(nn.Module):
         transformer = self.transformer
         if not isinstance(transformer, Transformer):
             return False
+        seq = text.shape[1]
         for block in transformer.resblocks:
-            mask = getattr(block, "attn_mask", None)
-            if not isinstance(block, ResidualAttentionBlock) or not _text_trim.blocks_later_positions(mask):
+            if not isinstance(block, ResidualAttentionBlock):
                 return False
-            if min(mask.shape) < text.shape[1]:  # the release's path would fail: let it
-                return False
+            buffers = block._buffers  # read directly: nn.Module.__getattr__ costs a microsecond a block
+            mask = buffers["attn_mask"] if "attn_mask" in buffers else getattr(block, "attn_mask", None)
+            if not _text_trim.blocks_later_positions(mask) or min(mask.shape) < seq:
+                return False  # a mask shorter than the text: the release's path fails, and so must this
         return not _text_trim.hooked((self.token_embedding, transformer, self.ln_final))
 
     def _check_token_range(self, text: torch.Tensor) -> None:
