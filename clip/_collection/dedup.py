@@ -13,7 +13,7 @@ from .reading import Stored
 __all__ = ["groups"]
 
 QUERY_BLOCK = 4096  # rows searched at a time
-PAIR_BLOCK = 8192  # rows per side of a block of pairs
+PAIR_BLOCK = 4096  # rows per side of a block of pairs (a 64 MB block of scores)
 
 
 class _Groups:
