@@ -93,6 +93,7 @@ def _prepare(folder: Path, config: str, rows: int) -> Dict[str, Path]:
     dim = int(state["text_projection"].shape[1])
     rng = np.random.default_rng(SEED)
     features = rng.standard_normal((rows, dim)).astype(np.float32)
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
     paths = [f"/photos/{row:06d}.jpg" for row in range(rows)]
     clip.collection.from_arrays(folder / "coll", features, paths, progress=False).close()
     return {"checkpoint": checkpoint, "collection": folder / "coll"}

@@ -1,8 +1,9 @@
 """`clip serve`'s model worker (clip/_serve/batching.py) in-process: what forms one forward pass, the
-batch limit, waiting for requests still arriving, the bounded queue (503 with Retry-After through the
+batch limit, waiting only for clients seen at once, the bounded queue (503 with Retry-After through the
 app) and stopping. A stand-in model records the batches it is given and can be held mid-pass."""
 
 import threading
+import time
 from typing import Any, Iterator, List, Tuple
 
 import pytest
@@ -91,19 +92,31 @@ def test_a_batch_holds_at_most_max_batch_rows(model: RecordingModel) -> None:
     torch.testing.assert_close(futures[-1].result(), _expected(_rows(9, 5)))
 
 
-def test_the_worker_waits_only_for_requests_still_arriving(
+def test_the_worker_waits_only_for_clients_it_has_seen_at_once(
     worker: ModelWorker, model: RecordingModel
 ) -> None:
     worker.start()
-    alone = worker.submit(IMAGE, _rows(0))
-    alone.result(WAIT)  # nobody arriving: served at once, not after the 30 s window
+    with worker.serving():
+        alone = worker.submit(IMAGE, _rows(0))
+        alone.result(WAIT)  # one client: served at once, not after the 30 s window
     assert model.passes == [(IMAGE, 1)]
 
-    with worker.arriving():  # a second request is being decoded when the first is queued
-        first = worker.submit(IMAGE, _rows(1))
-        second = worker.submit(IMAGE, _rows(2))
-    first.result(WAIT)
-    second.result(WAIT)
+    # Two clients at once: the first one's request waits for the second's, which comes a bit later.
+    both = threading.Barrier(2)
+    futures: List[Any] = []
+
+    def client(seed: int, delay: float) -> None:
+        with worker.serving():
+            both.wait(WAIT)
+            time.sleep(delay)
+            futures.append(worker.submit(IMAGE, _rows(seed)))
+            futures[-1].result(WAIT)
+
+    threads = [threading.Thread(target=client, args=(seed, 0.2 * seed)) for seed in (1, 2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT)
     assert model.passes[1:] == [(IMAGE, 2)]
 
 

@@ -71,9 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--batch-window",
         type=float,
-        default=5.0,
+        default=25.0,
         metavar="MS",
-        help="milliseconds the model waits for requests still arriving (default: 5)",
+        help="the most milliseconds the model waits for more requests to batch, while fewer are queued "
+        "than were recently served at once (default: 25; a lone client never waits)",
     )
     parser.add_argument(
         "--queue", type=int, default=64, help="requests that may wait for the model; more get 503"

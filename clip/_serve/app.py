@@ -36,6 +36,7 @@ __all__ = ["ServeSettings", "create_app"]
 STATIC = Path(__file__).resolve().parent / "static"
 STATIC_FILES = {"app.js": "text/javascript", "style.css": "text/css"}
 MAX_K = 1000
+MODEL_PATHS = ("/v1/classify", "/v1/embed", "/v1/search")
 MAX_LABELS = 1000
 MAX_TEXTS = 256  # texts per /v1/embed request
 MAX_IMAGES = 64  # images per /v1/embed request
@@ -56,7 +57,7 @@ class ServeSettings:
 
     max_upload: int = 20 * 1024 * 1024
     max_batch: int = 16
-    window: float = 0.005
+    window: float = 0.025
     queue_size: int = 64
     thumb_size: int = 256
     thumb_cache: int = 1024  # thumbnails kept in memory
@@ -174,9 +175,8 @@ class _Service:
 
     async def image_features(self, upload: UploadFile, what: str) -> torch.Tensor:
         data = await upload.read()
-        with self.worker.arriving():
-            pixels = await run_in_threadpool(self.pixels, data, what)
-            future = self.worker.submit(IMAGE, pixels)
+        pixels = await run_in_threadpool(self.pixels, data, what)
+        future = self.worker.submit(IMAGE, pixels)
         return await asyncio.wrap_future(future)
 
     async def text_features(self, texts: Sequence[str], what: str, cache: bool = False) -> torch.Tensor:
@@ -184,9 +184,8 @@ class _Service:
         known = {text: self.texts.get(text) for text in texts} if cache else {}
         missing = list(dict.fromkeys(text for text in texts if known.get(text) is None))
         if missing:
-            with self.worker.arriving():
-                tokens = await run_in_threadpool(self.tokens, missing, what)
-                future = self.worker.submit(TEXT, tokens)
+            tokens = await run_in_threadpool(self.tokens, missing, what)
+            future = self.worker.submit(TEXT, tokens)
             computed = await asyncio.wrap_future(future)
             for text, row in zip(missing, computed):
                 known[text] = row
@@ -286,6 +285,21 @@ def _common_folder(collection: Any) -> str:
         return ""
 
 
+class _CountServing:
+    """ASGI middleware holding `worker.serving()` for every request to an endpoint that uses the model."""
+
+    def __init__(self, app: Any, worker: ModelWorker) -> None:
+        self.app = app
+        self.worker = worker
+
+    async def __call__(self, scope: Dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] in MODEL_PATHS:
+            with self.worker.serving():
+                await self.app(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
 def _error(status: int, message: str, headers: Optional[Dict[str, str]] = None) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
@@ -356,6 +370,7 @@ def create_app(
     app.state.service = service
     _install_error_handlers(app)
     _add_routes(app, service)
+    app.add_middleware(_CountServing, worker=service.worker)
     app.add_middleware(RequestLimits, limit=settings.max_upload, hosts=settings.hosts)
     return app
 

@@ -1,12 +1,13 @@
 """One model worker thread that gathers concurrent requests into batched forward passes.
 
 Requests put work on a bounded queue and wait on a future. The worker takes the first waiting item,
-then whatever else is queued, up to `max_batch` rows; while other requests are still being prepared
-(decoded, tokenised: see :meth:`ModelWorker.arriving`) it waits up to `window` seconds for them, so a
-lone client never waits for company that is not coming. Images and texts are encoded in one
-``encode_image`` / ``encode_text`` call per kind, and every row comes back L2-normalised (float32,
-on the CPU). A full queue refuses new work at once with :class:`Busy`, which the server answers with
-503 and Retry-After.
+then whatever else is queued, up to `max_batch` rows. It waits up to `window` seconds for more while
+fewer requests are queued than were being served at once in the last second (see
+:meth:`ModelWorker.serving`): clients that just got their answers come back together, and join one
+batch instead of splitting into two groups that alternate; a lone client never waits. Images and
+texts are encoded in one ``encode_image`` / ``encode_text`` call per kind, and every row comes back
+L2-normalised (float32, on the CPU). A full queue refuses new work at once with :class:`Busy`, which
+the server answers with 503 and Retry-After.
 """
 
 import concurrent.futures
@@ -15,8 +16,9 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -26,6 +28,7 @@ IMAGE = "image"
 TEXT = "text"
 STOP_TIMEOUT = 10.0  # seconds stop() waits for the batch in progress
 RETRY_AFTER = 1  # seconds a refused client is asked to wait
+PEAK_MEMORY = 1.0  # seconds over which the most requests served at once is remembered
 _STOP = object()
 
 logger = logging.getLogger(__name__)
@@ -50,8 +53,8 @@ class _Work:
 class ModelWorker:
     """The single thread that runs `model`; see the module docstring.
 
-    max_batch: the most rows (images or texts) in one forward pass. window: seconds the worker waits
-    for requests still being prepared. queue_size: work items that may wait; more are refused (Busy).
+    max_batch: the most rows (images or texts) in one forward pass. window: the most seconds the
+    worker waits for more requests. queue_size: work items that may wait; more are refused (Busy).
     """
 
     def __init__(self, model: torch.nn.Module, *, max_batch: int, window: float, queue_size: int) -> None:
@@ -62,7 +65,8 @@ class ModelWorker:
         self.batches = 0  # forward passes run (for the benchmark and the tests)
         self.rows = 0  # rows encoded
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=queue_size)
-        self._arriving = 0
+        self._serving = 0
+        self._history: deque[Tuple[float, int]] = deque()  # (time, requests being served then)
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="clip-serve-model", daemon=True)
 
@@ -83,15 +87,25 @@ class ModelWorker:
         self._thread.join(STOP_TIMEOUT)
 
     @contextlib.contextmanager
-    def arriving(self) -> Iterator[None]:
-        """Hold while a request prepares its input: the worker waits (up to `window`) for it."""
+    def serving(self) -> Iterator[None]:
+        """Hold for the life of a request that uses the model: how many are served at once tells the
+        worker how many to wait for."""
         with self._lock:
-            self._arriving += 1
+            self._serving += 1
+            self._history.append((time.monotonic(), self._serving))
         try:
             yield
         finally:
             with self._lock:
-                self._arriving -= 1
+                self._serving -= 1
+
+    def recent_peak(self) -> int:
+        """The most requests served at once in the last PEAK_MEMORY seconds (and now)."""
+        with self._lock:
+            horizon = time.monotonic() - PEAK_MEMORY
+            while self._history and self._history[0][0] < horizon:
+                self._history.popleft()
+            return max([self._serving, *(count for _, count in self._history)])
 
     def submit(self, kind: str, rows: torch.Tensor) -> "concurrent.futures.Future[torch.Tensor]":
         """Queue `rows` for encoding; the future gives their unit-length features ``[n, D]``."""
@@ -120,15 +134,17 @@ class ModelWorker:
                 return
 
     def _gather(self, batch: List[_Work]) -> bool:
-        """Add queued work to `batch` up to max_batch rows; True when the stop mark was met."""
+        """Add queued work to `batch` up to max_batch rows, waiting up to `window` while fewer are
+        queued than were recently served at once; True when the stop mark was met."""
         deadline = time.monotonic() + self.window
         rows = _count(batch[0])
+        expected = min(self.max_batch, self.recent_peak())
         while rows < self.max_batch:
             try:
                 work = self._queue.get_nowait()
             except queue.Empty:
                 left = deadline - time.monotonic()
-                if self._arriving == 0 or left <= 0:
+                if len(batch) >= expected or left <= 0:
                     return False
                 try:
                     work = self._queue.get(timeout=left)
