@@ -296,7 +296,9 @@ def test_onnx_model_checks_the_files(exports: Dict[str, Any], tmp_path: Path) ->
         clip.export.OnnxModel(tmp_path)
 
 
-def test_the_docs_example_runs(exports: Dict[str, Any], golden: Dict[str, Any], tmp_path: Path) -> None:
+def test_the_docs_example_runs(
+    exports: Dict[str, Any], golden: Dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """docs/export.md's zero-shot example, on the tiny export in place of ViT-B/32's."""
     text = DOC.read_text(encoding="utf-8")
     section = text[text.index(DOC_HEADING) :]
@@ -305,13 +307,9 @@ def test_the_docs_example_runs(exports: Dict[str, Any], golden: Dict[str, Any], 
     shutil.copy(CLIP_PNG, tmp_path / "CLIP.png")
     shutil.copytree(exports[VIT_224], tmp_path / "vit-b-32-onnx")
     scope: Dict[str, Any] = {}
-    cwd = os.getcwd()
-    os.chdir(tmp_path)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()) as out:
-            exec(compile(code, str(DOC), "exec"), scope)
-    finally:
-        os.chdir(cwd)
+    monkeypatch.chdir(tmp_path)
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        exec(compile(code, str(DOC), "exec"), scope)
     assert out.getvalue().startswith("Label probs:")
     torch_model = _model(golden, VIT_224)
     image = _transform(224)(Image.open(CLIP_PNG))[None]
