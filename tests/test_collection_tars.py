@@ -186,6 +186,7 @@ def test_embed_tars_index_search_dedup(
         (["00000.tar", "."], "mixes .tar shards and other sources"),
         (["00000.tar", "00000.tar"], "named twice"),
         (["notes.tar"], "not a tar file"),
+        (["."], "to embed its webdataset shards, name them: ./*.tar"),
     ],
 )
 def test_bad_tar_sources(

@@ -129,7 +129,11 @@ def discover(
             if _looks_like_image(Path(folder) / name)
         )
         if not paths:
-            raise CollectionError(f"{src}: no image files in this folder or below it")
+            tars = any(name.lower().endswith(".tar") for name in os.listdir(base))
+            hint = ""
+            if tars:
+                hint = f"; to embed its webdataset shards, name them: {os.path.join(src, '*.tar')}"
+            raise CollectionError(f"{src}: no image files in this folder or below it{hint}")
         return [Item(path) for path in paths], False
     if root.is_file():
         return _read_table(root.resolve() if absolute else root, path_column, caption_column)
@@ -296,5 +300,3 @@ def prepare_out(out: Path, run: RunInfo) -> None:
             os.remove(out / name)
     if not (out / RUN_FILE).is_file():
         write_json(out / RUN_FILE, run.as_dict())
-
-
