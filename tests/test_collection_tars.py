@@ -218,3 +218,15 @@ def test_torchrun_ranks_split_by_tar(shards: Path, tmp_path: Path, model_path: s
     record = json.loads((out / "shard-00001.json").read_text())
     assert record["rank"] == 1 and record["rows"] == [2, 5] and [i for i, _ in record["errors"]] == [3, 4]
     assert [items[i].key for i in record["rows"]] == ["000010000", "000010003"]
+
+
+@pytest.mark.parametrize("name", ["index", "dedup"])
+def test_index_and_dedup_have_help_with_examples(name: str, capsys) -> None:
+    code, out, _ = _run([name, "--help"], capsys)
+    assert code == 0 and f"usage: clip {name}" in out
+    assert f"  clip {name} photos.clip" in out[out.index("examples:") :]
+
+
+def test_index_of_a_missing_folder_is_one_line(tmp_path: Path, capsys) -> None:
+    code, _, err = _run(["index", str(tmp_path / "nowhere")], capsys)
+    assert code == 2 and "no such folder" in err and len(err.strip().splitlines()) == 1
