@@ -237,3 +237,22 @@ def test_near_duplicates(use_index: bool, tmp_path: Path, vectors: np.ndarray) -
     assert expected_pairs == {(3, 10), (3, 500), (10, 500), (41, 42)}
     with pytest.raises(ValueError, match="threshold"):
         clip.collection.near_duplicates(folder, 1.5)
+
+
+def test_auto_under_a_memory_limit_is_product_quantised_and_re_scored(
+    built: Path, tmp_path: Path, space: Space
+) -> None:
+    import shutil
+
+    folder = tmp_path / "c.clip"
+    shutil.copytree(built, folder)
+    info = clip.collection.build_index(folder, max_memory="100K", progress=False)  # ivf needs ~300K
+    assert info["kind"] == "ivfpq" and info["params"]["factor"] > 1
+    assert min(info["recall_at_10"].values()) >= 0.95
+    found = clip.collection.open(folder)
+    queries = space.texts(40, seed=9)
+    scores, rows = found.search(queries, k=10)
+    exact_scores, exact_rows = found.search(queries, k=10, exact=True)
+    assert recall_at_k(rows, exact_rows) >= 0.9
+    same = rows == exact_rows
+    np.testing.assert_allclose(scores[same], exact_scores[same], atol=1e-6)  # exact scores, not PQ's
