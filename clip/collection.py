@@ -14,6 +14,7 @@ per-item table in ``metadata.sqlite`` (format 3; formats 1 and 2, which listed t
 then uses; see docs/collections.md. Importing this module does not import faiss.
 """
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -153,6 +154,27 @@ class Collection:
     def captions(self, rows: Rows) -> Any:
         """The caption of each row, shaped as in :meth:`paths`; None where items have no caption."""
         return self._column("caption", rows)
+
+    def metadata(self, rows: Rows) -> Any:
+        """For webdataset input, each row's sample as ``{"tar", "key", "json"}`` (``json``: its
+        ``KEY.json`` parsed, None without one); None for items that did not come from a tar. Shaped
+        as in :meth:`paths`."""
+        tars, keys, metas = (self._column(name, rows) for name in ("tar", "key", "meta"))
+
+        def one(tar: Optional[str], key: Optional[str], meta: Optional[str]) -> Optional[Dict[str, Any]]:
+            if tar is None:
+                return None
+            try:
+                parsed = None if meta is None else json.loads(meta)
+            except ValueError:
+                parsed = None  # a KEY.json that is not JSON: kept as text in the table, not parsed
+            return {"tar": tar, "key": key, "json": parsed}
+
+        if not isinstance(tars, list):
+            return one(tars, keys, metas)
+        if tars and isinstance(tars[0], list):
+            return [[one(*values) for values in zip(*row)] for row in zip(tars, keys, metas)]
+        return [one(*values) for values in zip(tars, keys, metas)]
 
     def close(self) -> None:
         """Close the item table and drop the memory maps (the object is not usable afterwards)."""

@@ -47,6 +47,7 @@ def test_open_and_search_a_legacy_folder(version, tmp_path: Path, space: Space, 
         assert photos.paths(rows[0]) == [_paths(ROWS)[row] for row in expected_rows[0]]
         assert photos.captions(rows)[1][2] == captions[expected_rows[1][2]]
         assert photos.paths(int(rows[0, 0])) == _paths(ROWS)[expected_rows[0][0]]
+        assert photos.metadata(rows[:1, :2]) == [[None, None]]  # not from a tar
 
 
 def test_k_is_clamped_to_the_collection_and_must_be_positive(tmp_path: Path, vectors: np.ndarray) -> None:

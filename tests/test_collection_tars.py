@@ -134,6 +134,8 @@ def test_embed_tars_index_search_dedup(
     with sqlite3.connect(out / "metadata.sqlite") as db:
         tar, key, meta = db.execute("SELECT tar, key, meta FROM items WHERE id = 0").fetchone()
     assert (tar, key, json.loads(meta)["width"]) == (str(shards / "00000.tar"), "000000000", 28)
+    assert found.metadata(0) == {"tar": tar, "key": "000000000", "json": json.loads(meta)}
+    assert found.metadata([[1]]) == [[{"tar": tar, "key": "000000001", "json": None}]]
     errors = [line.split("\t") for line in (out / "errors.tsv").read_text().splitlines()]
     assert errors[0] == ["tar", "key", "reason"] and len(errors) == 5
     by_key = {key: (tar, reason) for tar, key, reason in errors[1:]}
