@@ -256,3 +256,11 @@ def test_auto_under_a_memory_limit_is_product_quantised_and_re_scored(
     assert recall_at_k(rows, exact_rows) >= 0.9
     same = rows == exact_rows
     np.testing.assert_allclose(scores[same], exact_scores[same], atol=1e-6)  # exact scores, not PQ's
+
+
+def test_search_of_arrays_without_a_model_asks_for_one(tmp_path: Path, vectors: np.ndarray, capsys) -> None:
+    from clip.__main__ import main
+
+    clip.collection.from_arrays(tmp_path / "c.clip", vectors[:20], _paths(20), progress=False)
+    assert main(["search", str(tmp_path / "c.clip"), "a dog"]) == 2
+    assert "records no model" in capsys.readouterr().err
