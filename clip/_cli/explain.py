@@ -8,7 +8,7 @@ overlay the label's tokens shaded by their relevance (`clip.explain.figure`). Re
 
 import argparse
 from pathlib import Path
-from typing import List
+from typing import Any, List
 
 from .common import EXIT_OK
 
@@ -81,6 +81,26 @@ def _output_path(args: argparse.Namespace) -> Path:
     return output
 
 
+def _check_start_layers(model: Any, args: argparse.Namespace) -> None:
+    """--start-layer and --start-layer-text within the model's towers, or a UsageError."""
+    from .. import explain
+    from .common import UsageError
+
+    towers = [("--start-layer-text", args.start_layer_text, "text", len(model.transformer.resblocks))]
+    if hasattr(model.visual, "transformer"):
+        towers.append(("--start-layer", args.start_layer, "image", len(model.visual.transformer.resblocks)))
+    elif args.start_layer is not None:
+        raise UsageError(
+            "--start-layer applies to ViT models; this model's image tower is a ResNet (Grad-CAM)"
+        )
+    for flag, value, tower, layers in towers:
+        try:
+            explain._start_index(value, layers, flag, tower)
+        except ValueError as exc:
+            message = str(exc).replace(f"{flag}=", f"{flag} ")
+            raise UsageError(message.replace("or None for", "or leave the option out for")) from exc
+
+
 def _run(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
@@ -100,30 +120,20 @@ def _run(args: argparse.Namespace) -> int:
         tokens = tokenize(labels, context_length=model.context_length)
     except RuntimeError as exc:  # a label longer than the context
         raise UsageError(f"a label is too long for the model's context: {exc}; shorten it") from exc
-    if args.start_layer is not None and not hasattr(model.visual, "transformer"):
-        raise UsageError(
-            "--start-layer applies to ViT models; this model's image tower is a ResNet (Grad-CAM)"
-        )
+    _check_start_layers(model, args)
     device = model.positional_embedding.device
     pixels = preprocess(image).unsqueeze(0).to(device)
     tokens = tokens.to(device)
     with torch.no_grad():
         logits_per_image, _ = model(pixels, tokens)
     probabilities = logits_per_image.float().softmax(dim=-1)[0].cpu().tolist()
-    try:
-        relevances = explain.relevance(
-            model,
-            pixels.expand(len(labels), -1, -1, -1),
-            tokens,
-            start_layer=args.start_layer,
-            start_layer_text=args.start_layer_text,
-        )
-    except (TypeError, ValueError) as exc:  # a start layer out of range
-        raise UsageError(
-            str(exc)
-            .replace("start_layer_text=", "--start-layer-text ")
-            .replace("start_layer=", "--start-layer ")
-        ) from exc
+    relevances = explain.relevance(
+        model,
+        pixels.expand(len(labels), -1, -1, -1),
+        tokens,
+        start_layer=args.start_layer,
+        start_layer_text=args.start_layer_text,
+    )
     relevances = explain.Relevance(relevances.image.cpu(), relevances.text.cpu())
     picture = explain.figure(image, labels, relevances, probabilities, texts=tokens.cpu(), alpha=args.alpha)
     width = max(len(label) for label in labels)
