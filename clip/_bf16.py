@@ -59,8 +59,9 @@ TORCH_KERNELS = "torch"
 FP32_PRODUCTS = "fp32"
 ONEDNN_FP32 = "onednn"
 MATMUL_CONV = "matmul"
+PACKED_BF16 = "packed"
 MEASURE = "auto"
-_ENV_CHOICES = (TORCH_KERNELS, FP32_PRODUCTS, ONEDNN_FP32, MATMUL_CONV, MEASURE)
+_ENV_CHOICES = (TORCH_KERNELS, FP32_PRODUCTS, ONEDNN_FP32, MATMUL_CONV, PACKED_BF16, MEASURE)
 
 # Matrix products the model calls, directly or through nn.Linear / nn.Conv2d.
 _GEMMS = frozenset(
@@ -167,8 +168,8 @@ def _env_choice() -> str:
     if value not in _ENV_CHOICES:
         warnings.warn(
             f"{ENV_VAR}={os.environ[ENV_VAR]!r} is not one of {', '.join(_ENV_CHOICES)}; measuring which "
-            f"way is faster instead. Set it to {TORCH_KERNELS!r}, {FP32_PRODUCTS!r}, {ONEDNN_FP32!r} or "
-            f"{MATMUL_CONV!r} to force one.",
+            f"way is faster instead. Set it to {TORCH_KERNELS!r}, {FP32_PRODUCTS!r}, {ONEDNN_FP32!r}, "
+            f"{MATMUL_CONV!r} or {PACKED_BF16!r} to force one.",
             stacklevel=3,
         )
         return MEASURE
@@ -297,10 +298,15 @@ def _run_fp32(func: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, A
 
 
 def _onednn_operands(
-    func: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, Any], keep: bool
+    func: Callable[..., Any],
+    args: Sequence[Any],
+    kwargs: Dict[str, Any],
+    keep: bool,
+    packing: Optional[Callable[[], bool]] = None,
 ) -> Optional[Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]]:
-    """(input, weight, bias) of a product the oneDNN way can take, else None: an eager `F.linear`
-    with a kept 2-D weight, outside autograd (oneDNN's fused linear has no backward)."""
+    """(input, weight, bias) of a product the oneDNN ways can take, else None: an eager `F.linear`
+    with a kept 2-D weight, outside autograd (oneDNN's fused linear has no backward), on a torch whose
+    packed linear passed its check (`packing`: the fp32 one unless given)."""
     if func is not F.linear or not keep or len(args) + len(kwargs) > 3:
         return None
     x, weight, bias = (
@@ -312,7 +318,7 @@ def _onednn_operands(
         return None
     if _records_grad(x, bias):
         return None
-    return (x, weight, bias) if _onednn_packing() else None
+    return (x, weight, bias) if (packing or _onednn_packing)() else None
 
 
 def _records_grad(*operands: Any) -> bool:
@@ -387,17 +393,18 @@ def _conv_arguments(
 
 
 def _onednn_conv_operands(
-    args: Sequence[Any], kwargs: Dict[str, Any], keep: bool
+    args: Sequence[Any], kwargs: Dict[str, Any], keep: bool, packing: Optional[Callable[[], bool]] = None
 ) -> Optional[Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], ConvOptions]]:
-    """A convolution the oneDNN way can take: eager, a kept weight, outside autograd (oneDNN's
-    fused convolution has no backward), and a torch whose packed convolution passed its check."""
+    """A convolution the oneDNN ways can take: eager, a kept weight, outside autograd (oneDNN's
+    fused convolution has no backward), and a torch whose packed convolution passed its check
+    (`packing`: the fp32 one unless given)."""
     conv = _conv_arguments(args, kwargs) if keep else None
     if conv is None:
         return None
     x, weight, bias, _ = conv
     if not _keeps_widened(weight) or _records_grad(x, bias):
         return None
-    return conv if _onednn_conv_packing() else None
+    return conv if (packing or _onednn_conv_packing)() else None
 
 
 def _packed_conv(
@@ -440,6 +447,34 @@ def _run_matmul(func: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str,
     return _fp32_call(_conv_as_matmul, _widen(x), _widen(weight, keep), _widen(bias, keep))
 
 
+def _narrow(value: Any) -> Any:
+    """A floating-point operand in bf16 (under autocast, fp32 operands are rounded as autocast would)."""
+    if isinstance(value, torch.Tensor) and value.is_floating_point() and value.dtype != torch.bfloat16:
+        return value.to(torch.bfloat16)
+    return value
+
+
+def _run_packed(func: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, Any], keep: bool) -> Any:
+    """`F.linear` or `F.conv2d` on oneDNN's bf16 kernels with the weight rounded to bf16 and packed
+    once (torch's own bf16 call re-lays out the weight every time); any other product, or one this
+    way cannot take, torch's bf16 kernels."""
+    if func in _CONVS:
+        conv = _onednn_conv_operands(args, kwargs, keep, _bf16_conv_packing)
+        if conv is None:
+            return _run_torch(func, args, kwargs)
+        x, weight, bias, options = conv
+        packed = _packed_bf16_conv_parameter(weight, options, x.shape)
+        # oneDNN writes channels-last: copied to torch's layout
+        return _packed_conv(_narrow(x), packed, _narrow(bias), options).contiguous()
+    operands = _onednn_operands(func, args, kwargs, keep, _bf16_linear_packing)
+    if operands is None:
+        return _run_torch(func, args, kwargs)
+    x, weight, bias = operands
+    return torch.ops.mkldnn._linear_pointwise(
+        _narrow(x), _packed_bf16_parameter(weight), _narrow(bias), "none", [], ""
+    )
+
+
 def _takes(way: str, func: Callable[..., Any], args: Sequence[Any], kwargs: Dict[str, Any]) -> bool:
     """Whether an eager product can go `way` (else that way would run it as the fp32 way does)."""
     if way == ONEDNN_FP32:
@@ -448,6 +483,10 @@ def _takes(way: str, func: Callable[..., Any], args: Sequence[Any], kwargs: Dict
         return _onednn_operands(func, args, kwargs, keep=True) is not None
     if way == MATMUL_CONV:
         return func in _CONVS and _matmul_conv_operands(args, kwargs) is not None
+    if way == PACKED_BF16:
+        if func in _CONVS:
+            return _onednn_conv_operands(args, kwargs, True, _bf16_conv_packing) is not None
+        return _onednn_operands(func, args, kwargs, True, _bf16_linear_packing) is not None
     return True
 
 
@@ -455,6 +494,7 @@ _RUNS: Dict[str, Callable[..., Any]] = {
     FP32_PRODUCTS: _run_fp32,
     ONEDNN_FP32: _run_onednn,
     MATMUL_CONV: _run_matmul,
+    PACKED_BF16: _run_packed,
 }
 
 # Whether oneDNN's private packed-weight ops run and are right on this torch: check name -> answer,
@@ -481,22 +521,38 @@ def _linear_packing_check() -> bool:
     return out.shape == (3, 24) and torch.allclose(out, F.linear(x, weight, bias), rtol=1e-4, atol=1e-4)
 
 
-def _conv_packing_check() -> bool:
-    """A strided, padded, grouped convolution and a 1x1 one, against F.conv2d."""
-    x = torch.linspace(-2, 2, 2 * 4 * 7 * 6).reshape(2, 4, 7, 6)
+def _bf16_linear_packing_check() -> bool:
+    """A bf16 weight packed for oneDNN's bf16 linear, against torch's bf16 F.linear (within an ulp)."""
+    weight = torch.linspace(-1, 1, 24 * 16).reshape(24, 16).to(torch.bfloat16)
+    x = torch.linspace(-2, 2, 3 * 16).reshape(3, 16).to(torch.bfloat16)
+    bias = torch.linspace(0, 1, 24).to(torch.bfloat16)
+    packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+    out = torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    want = F.linear(x.float(), weight.float(), bias.float())
+    if out.dtype != torch.bfloat16 or out.shape != (3, 24):
+        return False
+    return torch.allclose(out.float(), want, rtol=2**-7, atol=1e-2)
+
+
+def _conv_packing_check(dtype: torch.dtype = torch.float32) -> bool:
+    """A strided, padded, grouped convolution and a 1x1 one, against F.conv2d (in fp32)."""
+    x = torch.linspace(-2, 2, 2 * 4 * 7 * 6).reshape(2, 4, 7, 6).to(dtype)
     for shape, options in (
         ((6, 2, 3, 3), ([2, 1], [1, 1], [1, 1], 2)),
         ((5, 4, 1, 1), ([1, 1], [0, 0], [1, 1], 1)),
     ):
-        weight = torch.linspace(-1, 1, torch.Size(shape).numel()).reshape(shape)
-        bias = torch.linspace(0, 1, shape[0])
+        weight = torch.linspace(-1, 1, torch.Size(shape).numel()).reshape(shape).to(dtype)
+        bias = torch.linspace(0, 1, shape[0]).to(dtype)
         stride, padding, dilation, groups = options
         packed = torch.ops.mkldnn._reorder_convolution_weight(
             weight, padding, stride, dilation, groups, list(x.shape)
         )
         out = _packed_conv(x, packed, bias, options)
-        want = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-        if out.shape != want.shape or not torch.allclose(out, want, rtol=1e-4, atol=1e-4):
+        want = F.conv2d(x.float(), weight.float(), bias.float(), stride, padding, dilation, groups)
+        tolerance = 1e-4 if dtype == torch.float32 else 2**-7  # bf16: one rounding of the result
+        if out.dtype != dtype or out.shape != want.shape:
+            return False
+        if not torch.allclose(out.float(), want, rtol=tolerance, atol=tolerance):
             return False
     return True
 
@@ -509,6 +565,16 @@ def _onednn_packing() -> bool:
 def _onednn_conv_packing() -> bool:
     """Whether this torch can pack a convolution weight for oneDNN and convolve with it correctly."""
     return _passes("conv2d", _conv_packing_check)
+
+
+def _bf16_linear_packing() -> bool:
+    """Whether this torch can pack a bf16 linear weight for oneDNN's bf16 kernels, correctly."""
+    return _passes("linear-bf16", _bf16_linear_packing_check)
+
+
+def _bf16_conv_packing() -> bool:
+    """Whether this torch can pack a bf16 convolution weight for oneDNN's bf16 kernels, correctly."""
+    return _passes("conv2d-bf16", lambda: _conv_packing_check(torch.bfloat16))
 
 
 def _keeps_widened(value: Any) -> bool:
@@ -547,6 +613,7 @@ def _widened_now(weight: torch.Tensor) -> torch.Tensor:
 _KeptCopies = Dict[int, Tuple[Any, Tuple[Any, ...], torch.Tensor]]
 _widened: _KeptCopies = {}
 _packed: _KeptCopies = {}
+_packed_bf16: _KeptCopies = {}  # the packed way's: rounded to bf16 (a copy only under autocast) and packed
 _widened_lock = threading.Lock()
 
 
@@ -599,6 +666,30 @@ def _packed_conv_parameter(
     return _kept_copy(_packed, weight, pack, made_for)
 
 
+def _narrowed_now(weight: torch.Tensor) -> torch.Tensor:
+    return weight.detach().to(torch.bfloat16)
+
+
+def _packed_bf16_parameter(weight: torch.Tensor) -> torch.Tensor:
+    return _kept_copy(
+        _packed_bf16, weight, lambda w: torch.ops.mkldnn._reorder_linear_weight(_narrowed_now(w), None)
+    )
+
+
+def _packed_bf16_conv_parameter(
+    weight: torch.Tensor, options: ConvOptions, input_shape: Sequence[int]
+) -> torch.Tensor:
+    stride, padding, dilation, groups = options
+
+    def pack(w: torch.Tensor) -> torch.Tensor:  # for an input size, as _packed_conv_parameter
+        return torch.ops.mkldnn._reorder_convolution_weight(
+            _narrowed_now(w), padding, stride, dilation, groups, list(input_shape)
+        )
+
+    made_for = (tuple(stride), tuple(padding), tuple(dilation), groups)
+    return _kept_copy(_packed_bf16, weight, pack, made_for)
+
+
 def _forget_widened(store: _KeptCopies, key: int) -> None:
     with _widened_lock:
         store.pop(key, None)
@@ -609,6 +700,7 @@ def clear_widened_weights() -> None:
     with _widened_lock:
         _widened.clear()
         _packed.clear()
+        _packed_bf16.clear()
 
 
 def _seconds(run: Callable[[], Any]) -> float:
@@ -717,11 +809,17 @@ def _measured_way(func: Callable[..., Any], args: Sequence[Any], kwargs: Dict[st
     """Times each way this product can take on a sample of its class; the fastest (torch on a tie)."""
     s_func, s_args, s_kwargs = _sample(func, args, kwargs)
     runs = {}
-    for way in (FP32_PRODUCTS, ONEDNN_FP32, MATMUL_CONV):
+    for way in (FP32_PRODUCTS, ONEDNN_FP32, MATMUL_CONV, PACKED_BF16):
         if _takes(way, func, args, kwargs):
             runs[way] = lambda run=_RUNS[way]: run(s_func, s_args, s_kwargs, keep=True)
     runs[TORCH_KERNELS] = lambda: _run_torch(s_func, s_args, s_kwargs)
     with torch.no_grad():
+        if native_bf16_supported():
+            # oneDNN builds its bf16 kernels for a shape on first use (5-10 ms, measured on an AVX512-BF16
+            # EPYC): a first run counted as torch's time lost it the text layers at batch 1, 2-3x faster
+            # than fp32. Without bf16 units torch runs generic kernels, built in: nothing to warm up, and
+            # a slow run saved.
+            runs[TORCH_KERNELS]()
         times = _measure(runs)
     return min(times, key=lambda way: (times[way], way != TORCH_KERNELS))
 

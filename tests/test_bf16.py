@@ -53,6 +53,8 @@ def _fake_timer(winner: str, calls: List[int]) -> Callable[..., Dict[str, float]
 def _needs_onednn_packing(way: str) -> None:
     if way == bf16.ONEDNN_FP32 and not (bf16._onednn_packing() and bf16._onednn_conv_packing()):
         pytest.skip("this torch cannot pack fp32 weights for oneDNN (no mkldnn build or private ops)")
+    if way == bf16.PACKED_BF16 and not (bf16._bf16_linear_packing() and bf16._bf16_conv_packing()):
+        pytest.skip("this torch cannot pack bf16 weights for oneDNN (no mkldnn build or private ops)")
 
 
 def _force(way: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -420,7 +422,10 @@ def test_the_real_measurement_times_the_onednn_way_for_linear_layers() -> None:
     x = _linear_operands(64, k=768)[0]
     ours, measured = _measured_call(layer, x)
     (timed,) = measured
-    assert timed == sorted([bf16.TORCH_KERNELS, bf16.FP32_PRODUCTS, bf16.ONEDNN_FP32])
+    ways = [bf16.TORCH_KERNELS, bf16.FP32_PRODUCTS, bf16.ONEDNN_FP32]
+    if bf16._bf16_linear_packing():
+        ways.append(bf16.PACKED_BF16)
+    assert timed == sorted(ways)
     assert list(bf16.decisions().values())[0] in timed
     exact = F.linear(x.double(), layer.weight.double(), layer.bias.double())
     torch.testing.assert_close(ours.double(), exact, rtol=2**-8, atol=1e-6)
@@ -746,6 +751,118 @@ def test_the_real_measurement_times_every_conv_way_it_can_take() -> None:
     ways = [bf16.FP32_PRODUCTS, bf16.MATMUL_CONV, bf16.TORCH_KERNELS]
     if bf16._onednn_conv_packing():
         ways.append(bf16.ONEDNN_FP32)
+    if bf16._bf16_conv_packing():
+        ways.append(bf16.PACKED_BF16)
     assert timed == [sorted(ways)]
     assert set(bf16.decisions().values()) <= set(ways)
     torch.testing.assert_close(out, _conv_fp32_way(conv, x), rtol=2**-7, atol=1e-6)
+
+
+@pytest.mark.parametrize("config", ["tiny-vit", "tiny-rn"])
+def test_packed_way_packs_each_weight_once_and_matches_torchs_bf16_kernels(
+    config: str,
+    no_widened: None,
+    models: Dict[str, Dict[str, torch.nn.Module]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _needs_onednn_packing(bf16.PACKED_BF16)
+    model = models[config]["bf16"]
+    images = _inputs(model)["image"].bfloat16()
+    monkeypatch.setenv(bf16.ENV_VAR, bf16.TORCH_KERNELS)
+    torchs = _encode(model, "image", images)
+    monkeypatch.setenv(bf16.ENV_VAR, bf16.PACKED_BF16)
+    first = _encode(model, "image", images)
+    products = {id(m.weight) for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))}
+    products |= {id(m.in_proj_weight) for m in model.modules() if isinstance(m, torch.nn.MultiheadAttention)}
+    packed = {key: entry[2] for key, entry in bf16._packed_bf16.items()}
+    assert packed and set(packed) <= products and not bf16._packed and not bf16._widened
+    assert all(copy.dtype == torch.bfloat16 for copy in packed.values())
+    second = _encode(model, "image", images)
+    assert all(bf16._packed_bf16[key][2] is copy for key, copy in packed.items())
+    assert first.dtype == torch.bfloat16
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    assert _min_cosine(first, torchs) >= MIN_COSINE_TO_TORCH_BF16  # the same bf16 kernels, weights packed
+    assert _min_cosine(first, _encode(models[config]["fp32"], "image", images.float())) >= MIN_COSINE_TO_FP32
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_packed_way_gives_torchs_bf16_numbers_in_torchs_layout(
+    bias: bool, no_widened: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _force(bf16.PACKED_BF16, monkeypatch)
+    layer = torch.nn.Linear(24, 40, bias=bias).to(torch.bfloat16).requires_grad_(False)
+    strided = _frozen_conv(24, 16, 3, stride=2, padding=1, bias=bias)
+    x, images = torch.randn(5, 3, 24).bfloat16(), torch.randn(2, 24, 9, 11).bfloat16()
+    with bf16.bf16_compute(torch.device("cpu"), torch.bfloat16):
+        out, conv_out = layer(x), strided(images)
+    assert out.dtype == conv_out.dtype == torch.bfloat16 and conv_out.is_contiguous()
+    # torch's bf16 kernels: fp32 sums rounded once; oneDNN may sum in another order (one bf16 step)
+    torch.testing.assert_close(out, layer(x), rtol=2**-7, atol=1e-6)
+    torch.testing.assert_close(conv_out, strided(images), rtol=2**-7, atol=1e-6)
+    assert set(bf16._packed_bf16) == {id(layer.weight), id(strided.weight)}
+
+
+def test_packed_way_under_autocast_packs_rounded_weights_and_matches_torch(
+    no_widened: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _force(bf16.PACKED_BF16, monkeypatch)
+    layer = torch.nn.Linear(32, 16).requires_grad_(False)  # fp32 weights: autocast rounds them
+    x = torch.randn(4, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with bf16.bf16_compute(torch.device("cpu"), torch.float32):
+            ours = layer(x)
+        torchs = layer(x)
+    assert ours.dtype == torchs.dtype == torch.bfloat16
+    torch.testing.assert_close(ours, torchs, rtol=2**-7, atol=1e-6)
+    (copy,) = [entry[2] for entry in bf16._packed_bf16.values()]
+    assert copy.dtype == torch.bfloat16 and layer.weight.dtype == torch.float32  # the model is unchanged
+
+
+def test_packed_way_leaves_autograd_tracing_and_failed_checks_to_torchs_kernels(
+    no_widened: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _force(bf16.PACKED_BF16, monkeypatch)
+    layer = torch.nn.Linear(16, 8).to(torch.bfloat16).requires_grad_(False)
+    x = torch.randn(4, 16).bfloat16()
+    with bf16.bf16_compute(torch.device("cpu"), torch.bfloat16):
+        wanting = x.clone().requires_grad_()
+        out = layer(wanting)  # oneDNN's fused linear has no backward: torch's kernels
+        out.float().sum().backward()
+        traced = torch.jit.trace(layer, x, check_trace=False)  # packed weights are eager-only
+    assert wanting.grad is not None and wanting.grad.abs().sum() > 0
+    torch.testing.assert_close(out.detach(), layer(x), rtol=0, atol=0)
+    torch.testing.assert_close(traced(x), layer(x), rtol=0, atol=0)
+    assert not bf16._packed_bf16
+    monkeypatch.setitem(bf16._self_checks, "linear-bf16", False)  # a torch without the private ops
+    with bf16.bf16_compute(torch.device("cpu"), torch.bfloat16):
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), rtol=0, atol=0)
+    assert not bf16._packed_bf16
+
+
+def test_torchs_kernels_are_warmed_up_before_timing_where_onednn_builds_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # oneDNN builds its bf16 kernels on first use (5-10 ms): the first run must not be the timed one
+    order: List[str] = []
+
+    def measure(runs: Dict[str, Callable[[], Any]]) -> Dict[str, float]:
+        order.append("measure")
+        return {way: 1.0 if way == bf16.TORCH_KERNELS else 2.0 for way in runs}
+
+    calls: List[int] = []
+    real_torch = bf16._run_torch
+
+    def counting(*args: Any) -> Any:
+        order.append("torch")
+        return real_torch(*args)
+
+    monkeypatch.delenv(bf16.ENV_VAR, raising=False)
+    monkeypatch.setattr(bf16, "_measure", measure)
+    monkeypatch.setattr(bf16, "_run_torch", counting)
+    for native in (True, False):
+        order.clear()
+        bf16.clear_decisions()
+        monkeypatch.setattr(bf16, "native_bf16_supported", lambda native=native: native)
+        _linear_in_context(*_linear_operands(8))
+        calls.append(order.index("measure"))
+    assert calls == [1, 0]  # one untimed run before the timing with native kernels, none without
