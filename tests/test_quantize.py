@@ -4,7 +4,7 @@ References are independent: the same tiny models run in fp32 (`build_model(...).
 """
 
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Any, Dict, Tuple
 
 import _checkpoints
 import _model_factory as factory
@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import clip
+from clip import _bf16, _quantize
 from clip._quantize import Int8Linear, Int8SelfAttention
 from clip.model import CLIP, build_model
 
@@ -163,3 +164,44 @@ def test_quantize_rejects_bad_arguments(models: Dict[str, Tuple[CLIP, CLIP]]) ->
         clip.quantize("ViT-B/32")
     with pytest.raises(ValueError, match="on the CPU"):
         clip.quantize(build_model(factory.make_state_dict("tiny-vit", 0)).to("meta"))
+
+
+@pytest.mark.parametrize("engine", [e for e in ("x86", "fbgemm", "onednn") if e in _quantize._engines()])
+def test_each_x86_engine_packs_every_layer_and_stays_close_to_fp32(
+    engine: str, models: Dict[str, Tuple[CLIP, CLIP]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fp32 = models["tiny-vit"][0]
+    before = torch.backends.quantized.engine
+    monkeypatch.setenv(_quantize.ENGINE_ENV_VAR, engine)
+    int8 = clip.quantize(fp32)
+    assert torch.backends.quantized.engine == before  # torch's own setting is restored
+    images = factory.make_images(fp32.visual.input_resolution, seed=3, batch=8)
+    texts = _texts(fp32, 8, seed=4)
+    with torch.no_grad():
+        for encode, x in (("encode_image", images), ("encode_text", texts)):
+            ours, reference = getattr(int8, encode)(x), getattr(fp32, encode)(x)
+            assert F.cosine_similarity(ours, reference, dim=-1).min().item() >= MIN_COSINE_TO_FP32
+
+
+def test_the_engine_is_the_measured_fastest_once_per_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    engines = _quantize._engines()
+    if len(engines) < 2:
+        pytest.skip("this torch offers one int8 engine: nothing to choose")
+    calls = []
+
+    def measure(runs: Dict[str, Any]) -> Dict[str, float]:
+        calls.append(sorted(runs))
+        return {engine: 1.0 if engine == engines[-1] else 2.0 for engine in runs}
+
+    monkeypatch.delenv(_quantize.ENGINE_ENV_VAR, raising=False)
+    monkeypatch.setattr(_quantize, "_chosen_engine", None)
+    monkeypatch.setattr(_bf16, "_measure", measure)
+    assert _quantize._fastest_engine() == engines[-1]
+    assert _quantize._fastest_engine() == engines[-1]
+    assert len(calls) == 1 and set(calls[0]) <= set(engines) and len(calls[0]) >= 2
+
+
+def test_a_forced_unknown_engine_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(_quantize.ENGINE_ENV_VAR, "vnni-please")
+    with pytest.raises(ValueError, match="CLIP_INT8_ENGINE='vnni-please' is not an int8 engine"):
+        _quantize._fastest_engine()
