@@ -465,3 +465,19 @@ def test_a_model_other_than_the_collections_is_refused(
     assert clip_main(["serve", str(collection), "--model", str(other)]) == 2
     err = capsys.readouterr().err
     assert "--model" in err and "would mean nothing" in err
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--port", "70000"], "--port must be 0 to 65535"),
+        (["--max-upload", "0"], "--max-upload must be more than 0"),
+        (["--max-batch", "0"], "--max-batch must be at least 1"),
+        (["--batch-window", "-1"], "--batch-window must be 0 to 1000 ms"),
+        (["no-such-collection"], "no-such-collection"),
+    ],
+)
+def test_bad_arguments_are_one_line(argv: List[str], words: str, capsys: pytest.CaptureFixture) -> None:
+    assert clip_main(["serve", *argv]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.startswith("clip serve: error:") and "Traceback" not in err
