@@ -866,3 +866,34 @@ def test_torchs_kernels_are_warmed_up_before_timing_where_onednn_builds_them(
         _linear_in_context(*_linear_operands(8))
         calls.append(order.index("measure"))
     assert calls == [1, 0]  # one untimed run before the timing with native kernels, none without
+
+
+@pytest.mark.parametrize("winner", [bf16.TORCH_KERNELS, bf16.FP32_PRODUCTS])
+def test_a_call_with_nothing_to_route_runs_without_the_mode_next_time(
+    winner: str, models: Dict[str, Dict[str, torch.nn.Module]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(bf16.ENV_VAR, raising=False)
+    monkeypatch.setattr(bf16, "_measure", _fake_timer(winner, []))
+    entered: List[int] = []
+
+    class Spy(bf16._Float32Products):
+        def __enter__(self) -> Any:
+            entered.append(1)
+            return super().__enter__()
+
+    monkeypatch.setattr(bf16, "_Float32Products", Spy)
+    model = models["tiny-vit"]["bf16"]
+    images = _inputs(model)["image"].bfloat16()
+    first = _encode(model, "image", images)
+    second = _encode(model, "image", images)
+    plain = winner == bf16.TORCH_KERNELS  # every product went torch's way: the mode only cost dispatch
+    assert len(entered) == (1 if plain else 2)
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    _encode(model, "image", images[:2])  # another input shape: measured and routed in the mode again
+    assert len(entered) == (2 if plain else 3)
+    bf16.clear_decisions()  # forgetting the decisions forgets the plain calls too
+    _encode(model, "image", images)
+    assert len(entered) == (3 if plain else 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # fp32 weights: the mode only under autocast
+        assert isinstance(bf16.bf16_compute(torch.device("cpu"), torch.float32, model.visual, images), Spy)
+    assert not isinstance(bf16.bf16_compute(torch.device("cpu"), torch.float32, model.visual, images), Spy)
