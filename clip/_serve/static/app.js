@@ -6,10 +6,12 @@ const DEFAULT_K = "20";
 const SHOWN_LABELS = 5;
 const $ = (id) => document.getElementById(id);
 
-function setStatus(text, isError = false) {
-  $("status").textContent = text;
-  $("status").classList.toggle("error", isError);
+function setStatus(text, isError = false, where = "status") {
+  $(where).textContent = text;
+  $(where).classList.toggle("error", isError);
 }
+
+const setImageStatus = (text, isError = false) => setStatus(text, isError, "image-status");
 
 async function answer(response) {
   let body = null;
@@ -67,7 +69,7 @@ async function searchText(query, k) {
 
 function chosenImage() {
   const file = $("image").files[0];
-  if (!file) setStatus("choose an image first", true);
+  if (!file) setImageStatus("choose an image first", true);
   return file;
 }
 
@@ -82,12 +84,12 @@ async function classify() {
   } else {
     const labels = $("labels").value.split(",").map((s) => s.trim()).filter((s) => s);
     if (!labels.length) {
-      setStatus("type some labels, separated by commas, or pick a set of classes", true);
+      setImageStatus("type some labels, separated by commas, or pick a set of classes", true);
       return;
     }
     labels.forEach((label) => form.append("labels", label));
   }
-  setStatus("labelling…");
+  setImageStatus("labelling…");
   try {
     const body = await answer(await fetch("/v1/classify", { method: "POST", body: form }));
     const items = body.labels.slice(0, SHOWN_LABELS).map((entry) => {
@@ -99,9 +101,9 @@ async function classify() {
       return li;
     });
     $("labels-out").replaceChildren(...items);
-    setStatus("labels of " + file.name);
+    setImageStatus("");
   } catch (err) {
-    setStatus(err.message, true);
+    setImageStatus(err.message, true);
   }
 }
 
@@ -114,6 +116,7 @@ async function similar() {
   setStatus("searching…");
   try {
     const body = await answer(await fetch("/v1/search", { method: "POST", body: form }));
+    setImageStatus("");
     show(body.results, "like " + file.name);
   } catch (err) {
     setStatus(err.message, true);
