@@ -80,6 +80,10 @@ class ImageEncoder(nn.Module):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.model.encode_image(image)
 
+    def weight_bytes(self) -> int:
+        """Bytes of the weights the graph holds (the image tower's)."""
+        return _tensor_bytes(self.model.visual)
+
 
 class TextEncoder(nn.Module):
     """`model.encode_text` as a module: text (N, context_length) -> text_features (N, embed_dim)."""
@@ -91,13 +95,21 @@ class TextEncoder(nn.Module):
     def forward(self, text: torch.Tensor) -> torch.Tensor:
         return self.model.encode_text(text)
 
+    def weight_bytes(self) -> int:
+        """Bytes of the weights the graph holds (all but the image tower's)."""
+        return _tensor_bytes(self.model) - _tensor_bytes(self.model.visual)
 
-def _parameter_bytes(module: nn.Module) -> int:
+
+def _tensor_bytes(module: nn.Module) -> int:
     return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
 
 
 def export_graph(
-    encoder: nn.Module, example: torch.Tensor, names: Tuple[str, str], path: str, opset: int
+    encoder: "ImageEncoder | TextEncoder",
+    example: torch.Tensor,
+    names: Tuple[str, str],
+    path: str,
+    opset: int,
 ) -> None:
     """Write `encoder` (ImageEncoder or TextEncoder) as the ONNX graph `path`, the first dimension of
     its input and output dynamic. Weights over INLINE_WEIGHTS_MAX_BYTES go to ``path + ".data"``."""
@@ -116,7 +128,7 @@ def export_graph(
             opset_version=opset,
             dynamo=True,
             dynamic_shapes={input_name: {0: batch}},
-            external_data=_parameter_bytes(encoder) > INLINE_WEIGHTS_MAX_BYTES,
+            external_data=encoder.weight_bytes() > INLINE_WEIGHTS_MAX_BYTES,
             verbose=False,
         )
 
