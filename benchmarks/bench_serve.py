@@ -54,6 +54,7 @@ WORDS = (
     "train bridge snow desert flower garden child market boat window lamp book coffee rain bird"
 ).split()
 TIMEOUT = 120.0
+SETTLE = 1.5  # seconds between passes: more than the worker remembers concurrency (PEAK_MEMORY)
 
 
 def _support() -> Any:
@@ -172,6 +173,7 @@ def run(
                 number = 0
                 for repeat in range(repeats + 1):  # pass 0 warms up
                     for mode, width in (("one at a time", 1), (f"{clients} at once", clients)):
+                        time.sleep(SETTLE)  # the server forgets the last pass's concurrency
                         before = httpx.get(server.url + "/healthz").json()["forward_passes"]
                         result = _pass(send, number, requests, width, server.url)
                         after = httpx.get(server.url + "/healthz").json()["forward_passes"]
