@@ -14,6 +14,7 @@ per-item table in ``metadata.sqlite`` (format 3; formats 1 and 2, which listed t
 then uses; see docs/collections.md. Importing this module does not import faiss.
 """
 
+import builtins
 import json
 import os
 from pathlib import Path
@@ -23,6 +24,7 @@ import numpy as np
 
 from ._collection.layout import CollectionError
 from ._collection.reading import Stored, exact_search
+from ._collection.tars import read_tar_member
 
 __all__ = ["open", "Collection", "CollectionError", "from_arrays", "build_index", "near_duplicates"]
 
@@ -175,6 +177,18 @@ class Collection:
         if tars and isinstance(tars[0], list):
             return [[one(*values) for values in zip(*row)] for row in zip(tars, keys, metas)]
         return [one(*values) for values in zip(tars, keys, metas)]
+
+    def read_item(self, row: int) -> bytes:
+        """The bytes of item `row`'s image: its file, or for a webdataset sample its image member,
+        read from the tar in place. Raises IndexError for a row outside ``0 .. len(self) - 1`` and
+        OSError when the file (or the member) is gone or shorter than recorded."""
+        if isinstance(row, (bool, np.bool_)) or not isinstance(row, (int, np.integer)):
+            raise TypeError(f"row must be one integer row number, got {type(row).__name__}")
+        path, tar = self._column("path", int(row)), self._column("tar", int(row))
+        if tar is None:
+            with builtins.open(path, "rb") as handle:
+                return handle.read()
+        return read_tar_member(tar, path[len(tar) + 1 :])
 
     def close(self) -> None:
         """Close the item table and drop the memory maps (the object is not usable afterwards)."""

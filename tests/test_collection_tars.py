@@ -22,7 +22,7 @@ import clip
 import clip.collection
 from clip.__main__ import main
 from clip._cli import collection as _collection
-from clip._collection.tars import expand
+from clip._collection.tars import expand, read_tar_member
 
 FEATURE_ATOL = 1e-5
 
@@ -136,6 +136,12 @@ def test_embed_tars_index_search_dedup(
     assert (tar, key, json.loads(meta)["width"]) == (str(shards / "00000.tar"), "000000000", 28)
     assert found.metadata(0) == {"tar": tar, "key": "000000000", "json": json.loads(meta)}
     assert found.metadata([[1]]) == [[{"tar": tar, "key": "000000001", "json": None}]]
+    assert found.read_item(0) == _image_bytes(0, "JPEG")  # the member's bytes, read from the tar in place
+    assert found.read_item(3) == _image_bytes(3, "WEBP")
+    with pytest.raises(IndexError, match="out of range"):
+        found.read_item(4)
+    with pytest.raises(TypeError, match="one integer row"):
+        found.read_item([0])  # type: ignore[arg-type]
     errors = [line.split("\t") for line in (out / "errors.tsv").read_text().splitlines()]
     assert errors[0] == ["tar", "key", "reason"] and len(errors) == 5
     by_key = {key: (tar, reason) for tar, key, reason in errors[1:]}
@@ -155,6 +161,19 @@ def test_embed_tars_index_search_dedup(
         expected = model.encode_image(pixels).float()
     expected = (expected / expected.norm(dim=-1, keepdim=True)).numpy()
     np.testing.assert_allclose(found.features([0, 3]), expected, atol=FEATURE_ATOL, rtol=0)
+
+    # clip serve's thumbnails of tar samples come from the member read in place
+    from starlette.testclient import TestClient
+
+    from clip._serve.app import create_app
+
+    with TestClient(create_app(model, preprocess, model_name="tiny", collection=found)) as client:
+        answer = client.get("/v1/thumb/3")
+        assert answer.status_code == 200 and answer.headers["content-type"] == "image/jpeg"
+        assert (
+            Image.open(io.BytesIO(answer.content)).size
+            == Image.open(io.BytesIO(_image_bytes(3, "WEBP"))).size
+        )
 
     code, stdout, err = _run(["index", str(out), "--no-progress"], capsys)
     assert code == 0, err
@@ -232,3 +251,18 @@ def test_index_and_dedup_have_help_with_examples(name: str, capsys) -> None:
 def test_index_of_a_missing_folder_is_one_line(tmp_path: Path, capsys) -> None:
     code, _, err = _run(["index", str(tmp_path / "nowhere")], capsys)
     assert code == 2 and "no such folder" in err and len(err.strip().splitlines()) == 1
+
+
+def test_read_tar_member_refuses_a_missing_or_cut_member(tmp_path: Path) -> None:
+    whole = tmp_path / "whole.tar"
+    image = _image_bytes(7, "PNG")
+    _tar(whole, [("000000000.png", image), ("000000001.txt", b"x")])
+    assert read_tar_member(str(whole), "000000000.png") == image
+    with pytest.raises(FileNotFoundError, match="holds no member 000000009.png"):
+        read_tar_member(str(whole), "000000009.png")
+    cut = tmp_path / "cut.tar"
+    cut.write_bytes(whole.read_bytes()[: 512 + len(image) // 2])
+    with pytest.raises(OSError, match="cut.tar"):
+        read_tar_member(str(cut), "000000000.png")
+    with pytest.raises(OSError):
+        read_tar_member(str(tmp_path / "gone.tar"), "000000000.png")

@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from .layout import CollectionError
 from .runs import Item
 
-__all__ = ["IMAGE_EXTENSIONS", "expand", "is_tar", "list_tars", "read_member"]
+__all__ = ["IMAGE_EXTENSIONS", "expand", "is_tar", "list_tars", "read_member", "read_tar_member"]
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 CAPTION_EXTENSION = "txt"
@@ -153,3 +153,20 @@ def read_member(item: Item) -> io.BytesIO:
     if len(data) != item.size:
         raise OSError(f"truncated: {len(data)} of {item.size} bytes")
     return io.BytesIO(data)
+
+
+def read_tar_member(tar: str, name: str) -> bytes:
+    """The bytes of member `name` of `tar`, found by reading the tar's headers (seeking past the
+    other members' data); an OSError when the tar or the member is gone, or the member is cut short."""
+    try:
+        with tarfile.open(tar, mode="r:") as archive:
+            member = archive.getmember(name)
+            extracted = archive.extractfile(member)
+            data = extracted.read() if extracted is not None else b""
+    except KeyError:
+        raise FileNotFoundError(f"{tar} holds no member {name}") from None
+    except tarfile.TarError as exc:
+        raise OSError(f"{tar} cannot be read as a tar ({exc})") from exc
+    if len(data) != member.size:
+        raise OSError(f"{tar}: {name} is truncated ({len(data)} of {member.size} bytes)")
+    return data

@@ -28,7 +28,7 @@ from starlette.exceptions import HTTPException
 
 from ..collection import CollectionError
 from .batching import IMAGE, TEXT, Busy, ModelWorker
-from .images import ImageRefused, decode_upload, thumbnail_jpeg
+from .images import NOT_FOUND, ImageRefused, decode_upload, thumbnail_jpeg
 from .limits import RequestLimits
 
 __all__ = ["ServeSettings", "create_app"]
@@ -251,8 +251,11 @@ class _Service:
         if cached is not None:
             return cached
         with self.collection_lock:
-            path = self.collection.paths(row)
-        data = thumbnail_jpeg(Path(path), self.settings.thumb_size)
+            try:  # a file, or a webdataset sample's image member read from its tar in place
+                image_bytes = self.collection.read_item(row)
+            except OSError:
+                raise ImageRefused(NOT_FOUND, "the item's file is gone or can no longer be read") from None
+        data = thumbnail_jpeg(image_bytes, self.settings.thumb_size)
         self.thumbs.put(row, data)
         return data
 

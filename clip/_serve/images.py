@@ -62,14 +62,16 @@ def decode_upload(data: bytes, what: str = "the upload") -> Image.Image:
     return _decode(io.BytesIO(data), what)
 
 
-def thumbnail_jpeg(path: Path, size: int) -> bytes:
-    """A JPEG of the image at `path` fitting in `size` x `size` pixels (aspect ratio kept).
+def thumbnail_jpeg(source: Union[Path, bytes], size: int) -> bytes:
+    """A JPEG of the image at `source` (a path, or the image file's bytes) fitting in `size` x `size`
+    pixels (aspect ratio kept).
 
     Raises ImageRefused with status 404 (worded without the path) when the file is gone or can no
     longer be read as an image.
     """
     try:
-        with Image.open(path) as probe:  # a JPEG decodes at a fraction of its size when that is enough
+        opened = io.BytesIO(source) if isinstance(source, bytes) else source
+        with Image.open(opened) as probe:  # a JPEG decodes at a fraction of its size when that is enough
             probe.draft("RGB", (size, size))
             if _too_many_pixels(probe):
                 raise ImageRefused(NOT_FOUND, "the item's image has too many pixels for a thumbnail")
