@@ -97,6 +97,9 @@ class _Worker:
 
         self.torch = torch
         self.build_model = clip.model.build_model
+        # ours: text rows compute all 77 positions, as the FLOP count and the original do (bench_text trims)
+        if hasattr(clip.model.CLIP, "trim_text_padding"):
+            clip.model.CLIP.trim_text_padding = False
         self.factory = _common.load_model_factory()
         inputs = torch.load(inputs_file, weights_only=True)
         self.images, self.tokens = inputs["images"], inputs["tokens"]
