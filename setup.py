@@ -60,9 +60,7 @@ setup(
         "Operating System :: OS Independent",
     ],
     packages=find_packages(include=["clip", "clip.*"]),
-    package_data={
-        "clip": ["bpe_simple_vocab_16e6.txt.gz", "CLIP.png", "prompts/*.json", "_serve/static/*"]
-    },
+    package_data={"clip": ["bpe_simple_vocab_16e6.txt.gz", "CLIP.png", "prompts/*.json", "_serve/static/*"]},
     include_package_data=True,
     install_requires=read_requirements(),
     extras_require={**EXTRAS, "test": TEST_REQUIREMENTS, "dev": ["ruff", *TEST_REQUIREMENTS]},
