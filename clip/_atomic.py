@@ -3,17 +3,19 @@
 `replacing(path)` gives a temporary path beside `path`; what is written there replaces `path` in one
 rename when the block ends, or is removed on any error or Ctrl-C. The file gets the mode a plain
 ``open(path, "w")`` would give it (0666 less the umask), not tempfile's private 0600.
+`replacing_folder(path)` does the same for a folder: written whole beside `path`, then swapped in.
 `interrupts_held()` holds Ctrl-C back for the few steps that swap an output into place.
 """
 
 import contextlib
 import os
+import shutil
 import signal
 import tempfile
 import threading
-from typing import Any, Iterator, List, Optional, Union
+from typing import Any, Callable, Iterator, List, Optional, Union
 
-__all__ = ["file_mode", "directory_mode", "replacing", "interrupts_held"]
+__all__ = ["file_mode", "directory_mode", "replacing", "replacing_folder", "interrupts_held"]
 
 ALL_FILE_BITS = 0o666  # what open() asks for; the umask takes bits away
 ALL_DIRECTORY_BITS = 0o777  # what mkdir() asks for
@@ -54,6 +56,47 @@ def replacing(path: "Union[str, os.PathLike[str]]", prefix: Optional[str] = None
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def replacing_folder(
+    path: "Union[str, os.PathLike[str]]",
+    suffix: str = "",
+    before_swap: Optional[Callable[[], None]] = None,
+) -> Iterator[str]:
+    """A fresh folder beside `path` (named ``.NAME.<random><suffix>``, mode: see `directory_mode`);
+    when the block ends, `before_swap` (if any) runs, then the folder takes `path`'s place, an old
+    `path` being moved aside first and removed only once the new one is in (Ctrl-C held meanwhile).
+    On an error or Ctrl-C, the new folder is removed and `path` is left as it was."""
+    target = os.path.abspath(os.fspath(path))
+    parent, base = os.path.split(target)
+    scratch = tempfile.mkdtemp(prefix=f".{base}.", suffix=suffix, dir=parent)
+    try:
+        os.chmod(scratch, directory_mode())  # mkdtemp's folders are private (0700)
+        yield scratch
+        if before_swap is not None:
+            before_swap()
+        with interrupts_held():
+            _swap_folder_in(scratch, target)
+    except BaseException:
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+
+
+def _swap_folder_in(scratch: str, path: str) -> None:
+    """Put the folder `scratch` at `path`; an old `path` is moved aside first and removed only after."""
+    if not os.path.lexists(path):
+        os.replace(scratch, path)
+        return
+    parent, base = os.path.split(path)
+    aside = tempfile.mkdtemp(prefix=f".{base}.replaced.", dir=parent)
+    os.replace(path, aside)  # onto an empty folder: allowed
+    try:
+        os.replace(scratch, path)
+    except BaseException:
+        os.replace(aside, path)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 @contextlib.contextmanager

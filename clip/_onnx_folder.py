@@ -7,11 +7,10 @@ earlier export's files; never a folder of other files, the working folder or a f
 
 import contextlib
 import os
-import shutil
 import tempfile
 from typing import Iterator, Union
 
-from ._atomic import directory_mode, interrupts_held
+from ._atomic import replacing_folder
 
 __all__ = ["EXPORT_FILES", "check_destination", "writing_folder"]
 
@@ -72,31 +71,7 @@ def writing_folder(out_dir: "Union[str, os.PathLike[str]]", force: bool) -> Iter
     """A fresh folder beside `out_dir` to write the export into; when the block ends it takes
     `out_dir`'s place (checked again with `check_destination` first). On an error or Ctrl-C it is
     removed and `out_dir` is left as it was."""
-    path = os.path.abspath(os.fspath(out_dir))
-    parent, base = os.path.split(path)
-    scratch = tempfile.mkdtemp(prefix=f".{base}.", suffix=".partial", dir=parent)
-    try:
-        os.chmod(scratch, directory_mode())  # mkdtemp's folders are private (0700)
+    with replacing_folder(
+        out_dir, suffix=".partial", before_swap=lambda: check_destination(out_dir, force)
+    ) as scratch:
         yield scratch
-        check_destination(out_dir, force)
-        with interrupts_held():
-            _swap_in(scratch, path)
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
-
-
-def _swap_in(scratch: str, path: str) -> None:
-    """Put the folder `scratch` at `path`; an old `path` is moved aside first and removed only after."""
-    if not os.path.lexists(path):
-        os.replace(scratch, path)
-        return
-    parent, base = os.path.split(path)
-    aside = tempfile.mkdtemp(prefix=f".{base}.replaced.", dir=parent)
-    os.replace(path, aside)  # onto an empty folder: allowed
-    try:
-        os.replace(scratch, path)
-    except BaseException:
-        os.replace(aside, path)
-        raise
-    shutil.rmtree(aside, ignore_errors=True)

@@ -12,7 +12,6 @@ holding just config.json and model.safetensors of a CLIPModel), never a folder o
 import argparse
 import json
 import os
-import shutil
 import tempfile
 from typing import TYPE_CHECKING, Any, Dict, List, Tuple
 
@@ -247,35 +246,11 @@ def _hf_model(weights: "Dict[str, torch.Tensor]") -> "Tuple[Dict[str, Any], Dict
 
 def _write_hf(config: Dict[str, Any], tensors: "Dict[str, torch.Tensor]", dst: str) -> None:
     """The folder `dst`, written whole beside it and swapped into place (Ctrl-C held for the swap)."""
-    from .._atomic import directory_mode, interrupts_held
+    from .._atomic import replacing_folder
     from .._weights.safetensors import write_safetensors
 
-    parent, base = os.path.split(os.path.abspath(dst))
-    scratch = tempfile.mkdtemp(prefix=f".{base}.", dir=parent)
-    try:
-        os.chmod(scratch, directory_mode())  # mkdtemp's folders are private (0700)
+    with replacing_folder(dst) as scratch:
         write_safetensors(tensors, os.path.join(scratch, HF_WEIGHTS_FILE), {"format": "pt"})
         with open(os.path.join(scratch, HF_CONFIG_FILE), "w", encoding="utf-8") as handle:
             json.dump(config, handle, indent=2)
             handle.write("\n")
-        with interrupts_held():
-            _swap_in(scratch, os.path.abspath(dst))
-    except BaseException:
-        shutil.rmtree(scratch, ignore_errors=True)
-        raise
-
-
-def _swap_in(scratch: str, dst: str) -> None:
-    """Put the folder `scratch` at `dst`; an old `dst` is moved aside first and removed only after."""
-    if not os.path.lexists(dst):
-        os.replace(scratch, dst)
-        return
-    parent, base = os.path.split(dst)
-    aside = tempfile.mkdtemp(prefix=f".{base}.replaced.", dir=parent)
-    os.replace(dst, aside)  # onto an empty folder: allowed
-    try:
-        os.replace(scratch, dst)
-    except BaseException:
-        os.replace(aside, dst)
-        raise
-    shutil.rmtree(aside, ignore_errors=True)
