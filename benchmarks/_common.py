@@ -11,8 +11,10 @@ original's path: it is added only when no `pkg_resources` can be found.
 
 import importlib.machinery
 import importlib.util
+import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -174,3 +176,42 @@ def machine_info() -> Dict[str, Any]:
         "python": platform.python_version(),
         "load_average_1min": load_average(),
     }
+
+
+class WorkerSide:
+    """One side's (``ours`` or ``original``) worker process of a benchmark script, spoken to in JSON
+    lines: `script` is started as ``script --worker SIDE --inputs INPUTS --threads N --expect-root
+    ROOT`` with that side's environment; its first line must say ``{"ready": true, ...}``. Each
+    request carries ``op`` and, with `tag_side`, ``"ours": True/False``."""
+
+    def __init__(
+        self, script: Path, side: str, oracle: str, inputs: Path, threads: int, tag_side: bool = False
+    ) -> None:
+        self.side, self.tag_side = side, tag_side
+        env, cwd = side_env(side, oracle)
+        env = steady_malloc(env)  # the same allocator settings for both sides
+        root = oracle if side == "original" else str(REPO)
+        command = [sys.executable, str(Path(script).resolve()), "--worker", side, "--inputs", str(inputs)]
+        command += ["--threads", str(threads), "--expect-root", root]
+        self.process = subprocess.Popen(
+            command, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        if not self._read().get("ready"):  # the worker's first line: its model factory and inputs are loaded
+            raise RuntimeError(f"the {side} benchmark process did not start")
+
+    def _read(self) -> Dict[str, Any]:
+        line = self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the {self.side} benchmark process stopped (exit code {self.process.wait()})")
+        return json.loads(line)
+
+    def ask(self, op: str, **request: Any) -> Dict[str, Any]:
+        tag = {"ours": self.side == "ours"} if self.tag_side else {}
+        self.process.stdin.write(json.dumps({"op": op, **tag, **request}) + "\n")
+        self.process.stdin.flush()
+        return self._read()
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            self.process.wait()

@@ -44,7 +44,6 @@ import copy
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -227,49 +226,6 @@ def _worker_main(args: argparse.Namespace) -> None:
 # the parent: starts both workers and alternates passes between them
 
 
-class _Side:
-    """One side's worker process, spoken to in JSON lines."""
-
-    def __init__(self, side: str, oracle: str, inputs: Path, threads: int) -> None:
-        self.side = side
-        env, cwd = _common.side_env(side, oracle)
-        env = _common.steady_malloc(env)  # the same allocator settings for both sides
-        root = oracle if side == "original" else str(_common.REPO)
-        command = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--worker",
-            side,
-            "--inputs",
-            str(inputs),
-            "--threads",
-            str(threads),
-            "--expect-root",
-            root,
-        ]
-        self.process = subprocess.Popen(
-            command, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        if not self._read().get("ready"):  # the worker's first line: its model factory and inputs are loaded
-            raise RuntimeError(f"the {side} benchmark process did not start")
-
-    def _read(self) -> Dict[str, Any]:
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the {self.side} benchmark process stopped (exit code {self.process.wait()})")
-        return json.loads(line)
-
-    def ask(self, op: str, **request: Any) -> Dict[str, Any]:
-        self.process.stdin.write(json.dumps({"op": op, **request}) + "\n")
-        self.process.stdin.flush()
-        return self._read()
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.stdin.close()
-            self.process.wait()
-
-
 def make_inputs(path: Path, batch: int) -> None:
     """Save `batch` seeded images and token ids (end-of-text at varied positions) to `path`."""
     import torch
@@ -287,7 +243,10 @@ def make_inputs(path: Path, batch: int) -> None:
 
 
 def measure_roofline(
-    worker: _Side, size: int = DEFAULT_ROOFLINE_SIZE, repeats: int = DEFAULT_REPEATS, slow_layout: bool = True
+    worker: _common.WorkerSide,
+    size: int = DEFAULT_ROOFLINE_SIZE,
+    repeats: int = DEFAULT_REPEATS,
+    slow_layout: bool = True,
 ) -> Dict[str, Any]:
     """fp32 and bf16 matmul GFLOP/s by layout and size (`size`, `size // 2`); the best of each dtype.
 
@@ -323,7 +282,7 @@ def measure_roofline(
 
 
 def _timed(
-    sides: Dict[str, _Side],
+    sides: Dict[str, _common.WorkerSide],
     names: Sequence[str],
     passes: int,
     request: Dict[str, Any],
@@ -383,7 +342,10 @@ def run(
         workdir = Path(tmp)
         inputs = workdir / "inputs.pt"
         make_inputs(inputs, max([*batches, low_precision_batch]))
-        sides = {side: _Side(side, oracle, inputs, threads) for side in ("original", "ours")}
+        script = Path(__file__)
+        sides = {
+            side: _common.WorkerSide(script, side, oracle, inputs, threads) for side in ("original", "ours")
+        }
         try:
             info = sides["ours"].ask("info")
             roofline = measure_roofline(sides["ours"], roofline_size, repeats, slow_layout)
@@ -411,7 +373,7 @@ def run(
 
 
 def _model_rows(
-    sides: Dict[str, _Side],
+    sides: Dict[str, _common.WorkerSide],
     workdir: Path,
     model: str,
     tower: str,

@@ -28,7 +28,6 @@ python -m benchmarks.bench_text [--oracle DIR] [--rows prompts captions classifi
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -152,39 +151,6 @@ def _worker_main(args: argparse.Namespace) -> None:
 # the parent
 
 
-class _Side:
-    """One side's worker process, spoken to in JSON lines."""
-
-    def __init__(self, side: str, oracle: str, inputs: Path, threads: int) -> None:
-        self.side = side
-        env, cwd = _common.side_env(side, oracle)
-        env = _common.steady_malloc(env)
-        root = oracle if side == "original" else str(_common.REPO)
-        command = [sys.executable, str(Path(__file__).resolve()), "--worker", side, "--inputs", str(inputs)]
-        command += ["--threads", str(threads), "--expect-root", root]
-        self.process = subprocess.Popen(
-            command, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        if not self._read().get("ready"):
-            raise RuntimeError(f"the {side} benchmark process did not start")
-
-    def _read(self) -> Dict[str, Any]:
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"the {self.side} benchmark process stopped (exit code {self.process.wait()})")
-        return json.loads(line)
-
-    def ask(self, op: str, **request: Any) -> Dict[str, Any]:
-        self.process.stdin.write(json.dumps({"op": op, "ours": self.side == "ours", **request}) + "\n")
-        self.process.stdin.flush()
-        return self._read()
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.stdin.close()
-            self.process.wait()
-
-
 def make_captions(count: int, seed: int = CAPTION_SEED) -> List[str]:
     """`count` seeded captions of 15 to 25 tokens (start and end of text included), from ImageNet words."""
     import random
@@ -235,7 +201,9 @@ def make_inputs(path: Path) -> Dict[str, Any]:
     }
 
 
-def _alternate(sides: Dict[str, _Side], op: str, passes: int, saves: Dict[str, str], **request: Any):
+def _alternate(
+    sides: Dict[str, _common.WorkerSide], op: str, passes: int, saves: Dict[str, str], **request: Any
+):
     """`passes` passes of each side, alternating which goes first; the fastest of each counts."""
     best: Dict[str, Dict[str, Any]] = {}
     order = ["original", "ours"]
@@ -259,7 +227,11 @@ def _diff(files: Dict[str, str]) -> float:
 
 
 def _classifier_row(
-    sides: Dict[str, _Side], mode: str, classes: int, original_classes: int, saves: Dict[str, str]
+    sides: Dict[str, _common.WorkerSide],
+    mode: str,
+    classes: int,
+    original_classes: int,
+    saves: Dict[str, str],
 ) -> Dict[str, Any]:
     """One end-to-end pass each: ours on `classes` classes, the original on its subset, scaled."""
     original = sides["original"].ask(
@@ -298,7 +270,11 @@ def run(
         inputs = workdir / "inputs.pt"
         workloads = make_inputs(inputs)
         log(f"workloads: {json.dumps(workloads)}")
-        sides = {name: _Side(name, oracle, inputs, threads) for name in ("original", "ours")}
+        script = Path(__file__)
+        sides = {
+            name: _common.WorkerSide(script, name, oracle, inputs, threads, tag_side=True)
+            for name in ("original", "ours")
+        }
         try:
             for mode in modes:
                 for row in (r for r in ROWS if r in rows):
